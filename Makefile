@@ -1,0 +1,30 @@
+# The two commands of the README:
+#   make train   set up .venv (if needed) and run the main job (for now: `qfleet bench replay`)
+#   make test    set up .venv (if needed) and run the test suite (what CI runs)
+# Extra arguments go through ARGS, e.g. `make train ARGS="--actors 4"`.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.qfleet-installed
+
+.PHONY: train test setup clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	@# torch first and pinned: 2.13.0 resolves to the CPU build where there is no GPU
+	@# (and to the CUDA build on a GPU machine) instead of the newest multi-GB CUDA wheels.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/qfleet bench replay $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

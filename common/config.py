@@ -1,0 +1,168 @@
+"""Typed configuration: one frozen dataclass per component, a docstring per field.
+
+Each component receives only its own section (ActorConfig, ReplayConfig, LearnerConfig);
+RunConfig holds what the launcher needs. `common.config_loader` reads these from YAML or
+TOML, applies `--set section.field=value` overrides, and validates every field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.settings import setting
+
+EPSILON_SCHEDULES = ("apex", "linear", "exponential", "per_episode")
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    envs_per_actor: int = setting(32, ge=1, le=65536)
+    """Environments each actor steps as one vectorized batch (V)."""
+    epsilon: str = setting("apex", choices=EPSILON_SCHEDULES)
+    """Exploration: 'apex' (fixed per-env eps_i = eps_base^(1 + eps_alpha*i/(K-1)) over all
+    K envs of all actors), or a decaying schedule: 'linear' or 'exponential' by env step,
+    'per_episode' (multiplied by eps_decay_rate after each finished episode)."""
+    eps_base: float = setting(0.4, gt=0, lt=1)
+    """Ape-X base epsilon."""
+    eps_alpha: float = setting(7.0, ge=0)
+    """Ape-X exponent spread across environments."""
+    eps_start: float = setting(1.0, ge=0, le=1)
+    """Start value of the decaying schedules."""
+    eps_end: float = setting(0.01, ge=0, le=1)
+    """Final value of the decaying schedules."""
+    eps_decay_steps: int = setting(20_000, ge=1)
+    """Env steps (per actor) over which 'linear' reaches eps_end, or the time constant of 'exponential'."""
+    eps_decay_rate: float = setting(0.995, gt=0, le=1)
+    """Factor applied per finished episode by the 'per_episode' schedule."""
+    n_step: int = setting(3, ge=1, le=100)
+    """Steps of the n-step return computed on the actor."""
+    gamma: float = setting(0.99, gt=0, le=1)
+    """Discount factor; stored transitions carry gamma**n (0 at termination)."""
+    flush_every_steps: int = setting(4, ge=1, le=10_000)
+    """Vector steps between pushes to the replay server (batches inserts)."""
+    send_timeout_s: float = setting(0.25, gt=0)
+    """How long one push may wait for the replay server before the actor re-checks its
+    control messages (backpressure from the rate limiter shows up here)."""
+    report_every_s: float = setting(0.5, gt=0)
+    """Seconds between progress reports (env steps, episode returns, weights version)."""
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    capacity: int = setting(100_000, ge=16)
+    """Transitions the ring buffer holds; the oldest are overwritten."""
+    prioritized: bool = setting(True)
+    """Proportional prioritized sampling (sum-tree); False samples uniformly."""
+    alpha: float = setting(0.6, ge=0, le=1)
+    """Priority exponent: P(i) ~ p_i**alpha."""
+    min_size_to_sample: int = setting(1_000, ge=1)
+    """Transitions stored before the first sample is served."""
+    samples_per_insert: float = setting(8.0, ge=0)
+    """Target ratio of sampled to inserted transitions; 0 turns the rate limiter off
+    (only min_size_to_sample applies)."""
+    error_buffer: float = setting(0.0, ge=0)
+    """Allowed deviation from samples_per_insert, in samples; 0 picks the smallest value
+    that cannot deadlock for the configured batch sizes."""
+    max_insert_batch: int = setting(4_096, ge=1, le=1 << 20)
+    """Largest insert message (transitions) the server accepts; actors split bigger pushes.
+    With the rate limiter on, it also sizes the automatic error buffer."""
+    max_message_bytes: int = setting(64 * 1024 * 1024, ge=1024)
+    """Largest message (all frames) the server accepts; bigger ones are dropped and counted."""
+    insert_hwm: int = setting(64, ge=1)
+    """ZeroMQ high-water mark (messages) on the insert socket: how much queues before actors block."""
+    sample_wait_s: float = setting(1.0, gt=0)
+    """How long a sample request may wait for the rate limiter before it is answered 'rate_limited'."""
+    snapshot_every_s: float = setting(0.0, ge=0)
+    """Seconds between periodic snapshots of the replay contents; 0 disables them."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    batch_size: int = setting(256, ge=1, le=65_536)
+    """Transitions per update."""
+    lr: float = setting(1e-3, gt=0, le=1)
+    """Adam learning rate."""
+    adam_eps: float = setting(1e-5, gt=0)
+    """Adam epsilon."""
+    hidden: tuple[int, ...] = setting((128, 128), min_len=1, ge=1)
+    """Hidden layer sizes of the MLP Q-network."""
+    dueling: bool = setting(False)
+    """Dueling heads (value + advantage)."""
+    target_update: str = setting("polyak", choices=("hard", "polyak"))
+    """Target network update: periodic hard copy or Polyak averaging."""
+    target_period: int = setting(500, ge=1)
+    """Updates between hard target copies."""
+    tau: float = setting(0.01, gt=0, le=1)
+    """Polyak coefficient per update."""
+    huber_delta: float = setting(1.0, gt=0)
+    """Huber loss threshold."""
+    grad_clip: float = setting(10.0, gt=0)
+    """Gradient norm clipping."""
+    beta_start: float = setting(0.4, ge=0, le=1)
+    """Importance-sampling exponent at the first update (annealed to beta_end)."""
+    beta_end: float = setting(1.0, ge=0, le=1)
+    """Importance-sampling exponent after beta_anneal_updates."""
+    beta_anneal_updates: int = setting(20_000, ge=1)
+    """Updates over which beta goes linearly from beta_start to beta_end."""
+    priority_eps: float = setting(1e-3, gt=0)
+    """Added to |TD error| to form the priority, so no transition gets zero probability."""
+    prefetch: int = setting(4, ge=1, le=64)
+    """Sample requests kept in flight to the replay server."""
+    publish_every: int = setting(50, ge=1)
+    """Updates between weight publications (each publication gets a new version)."""
+    republish_s: float = setting(1.0, gt=0)
+    """Seconds between re-publications of the latest weights, for late or restarted actors."""
+    device: str = setting("auto", choices=("auto", "cpu", "cuda"))
+    """Torch device: 'auto' picks CUDA when present."""
+    torch_threads: int = setting(1, ge=1, le=256)
+    """Intra-op threads on CPU; 1 keeps the learner from fighting the actors for cores."""
+    eval_every_s: float = setting(1.0, gt=0)
+    """Seconds between greedy evaluations (each starts when the previous finished)."""
+    eval_episodes: int = setting(100, ge=1, le=10_000)
+    """Episodes per greedy evaluation (run as one vectorized batch)."""
+    solved_threshold: float | None = setting(None)
+    """Evaluation mean that counts as solved; None uses the environment's reward threshold."""
+    sample_timeout_s: float = setting(10.0, gt=0)
+    """How long the learner waits for a batch before reporting the replay server as dead."""
+    checkpoint_every_s: float = setting(0.0, ge=0)
+    """Seconds between periodic checkpoints; 0 writes only the final one."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    env: str = setting("CartPole-v1")
+    """Gymnasium environment id, or 'package.module:Class' for your own environment."""
+    seed: int = setting(0, ge=0)
+    """Seed for environments, exploration and network initialisation."""
+    actors: int = setting(2, ge=1, le=4096)
+    """Actor processes."""
+    backend: str = setting("local", choices=("local", "ray"))
+    """Where the components run: plain local processes, or Ray actors."""
+    max_seconds: float = setting(600.0, gt=0)
+    """Wall-clock budget of the run."""
+    max_env_steps: int = setting(0, ge=0)
+    """Env-step budget (all actors together); 0 means no limit."""
+    max_updates: int = setting(0, ge=0)
+    """Learner-update budget; 0 means no limit."""
+    stop_when_solved: bool = setting(True)
+    """Stop as soon as a greedy evaluation reaches the solved threshold."""
+    run_dir: str = setting("runs")
+    """Folder under which each run gets its own directory."""
+    name: str = setting("")
+    """Run name; empty picks '<env>-<timestamp>'."""
+    status_every_s: float = setting(1.0, gt=0)
+    """Seconds between live status lines."""
+    max_actor_restarts: int = setting(20, ge=0)
+    """Crashed-actor restarts before the run gives up."""
+
+
+@dataclass(frozen=True)
+class QfleetConfig:
+    """The whole resolved configuration of a run (what the run directory saves)."""
+
+    actor: ActorConfig = ActorConfig()
+    replay: ReplayConfig = ReplayConfig()
+    learner: LearnerConfig = LearnerConfig()
+    run: RunConfig = RunConfig()
+
+
+SECTIONS = {"actor": ActorConfig, "replay": ReplayConfig, "learner": LearnerConfig, "run": RunConfig}

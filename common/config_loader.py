@@ -1,0 +1,150 @@
+"""Load, override, validate and save `QfleetConfig`.
+
+A config file (YAML or TOML) holds up to four sections: actor, replay, learner, run.
+`--set section.field=value` overrides one field; values are parsed like YAML scalars
+(`3e-4`, `true`, `[64, 64]`, `null`). Every field is type-checked and range-checked,
+and errors name the field, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from common.config import SECTIONS, QfleetConfig
+from common.errors import ConfigError
+from common.settings import check_field
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> QfleetConfig:
+    """The default config, updated from `path` (if given) and then from `overrides`."""
+    raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    if path is not None:
+        for section, values in _read_file(Path(path)).items():
+            raw[section].update(values)
+    for item in overrides:
+        section, field, value = _parse_override(item)
+        raw[section][field] = value
+    return build_config(raw)
+
+
+def build_config(raw: dict[str, dict[str, Any]]) -> QfleetConfig:
+    """A validated QfleetConfig from {section: {field: value}} (missing fields keep defaults)."""
+    unknown = set(raw) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; the sections are {list(SECTIONS)}")
+    parts = {}
+    for section, cls in SECTIONS.items():
+        values = raw.get(section) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping of field: value, got {values!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for name, value in values.items():
+            if name not in fields:
+                raise ConfigError(f"unknown field '{section}.{name}'{_suggest(name, fields)}")
+            kwargs[name] = _coerce(f"{section}.{name}", value, hints[name])
+            check_field(section, fields[name], kwargs[name])
+        parts[section] = cls(**kwargs)
+    return QfleetConfig(**parts)
+
+
+def config_to_dict(cfg: QfleetConfig) -> dict[str, dict[str, Any]]:
+    """Plain {section: {field: value}} with tuples as lists, ready for YAML or JSON."""
+    out = {}
+    for section in SECTIONS:
+        values = dataclasses.asdict(getattr(cfg, section))
+        out[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return out
+
+
+def save_config(cfg: QfleetConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable again with `--config`)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _read_file(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (pass an existing .yaml, .yml or .toml file)")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {path} must end in .yaml, .yml or .toml")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown section(s) {sorted(unknown)}; the sections are {list(SECTIONS)}")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, str, Any]:
+    key, sep, text = item.partition("=")
+    section, dot, field = key.strip().partition(".")
+    if not sep or not dot or not field:
+        raise ConfigError(f"--set {item!r}: expected section.field=value, e.g. --set learner.lr=3e-4")
+    if section not in SECTIONS:
+        raise ConfigError(f"--set {item!r}: unknown section '{section}'{_suggest(section, SECTIONS)}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return section, field, value
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Convert a file/CLI value to the field's declared type, or raise ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} = {value!r} must be a list, e.g. [128, 128]")
+        return tuple(_coerce(name, v, item_type) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} = {value!r} must be true or false")
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{name} = {value!r} must be an integer")
+        return int(value)
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} = {value!r} must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name} = {value!r} must be a string")
+        return str(value)
+    raise ConfigError(f"{name}: unsupported field type {hint!r}")
+
+
+def _suggest(name: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(options)}"

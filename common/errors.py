@@ -1,0 +1,44 @@
+"""qfleet's own exception types.
+
+Every error a user or a peer can cause is one of these, with a message that names the
+problem and what to do about it. Nothing from the network is trusted: decoding failures
+raise `CodecError`, never a KeyError or struct.error from deep inside a library.
+"""
+
+
+class QfleetError(Exception):
+    """Base class of every error qfleet raises on purpose."""
+
+
+class ConfigError(QfleetError):
+    """A configuration value, file or override is invalid."""
+
+
+class CodecError(QfleetError):
+    """A wire message is malformed. `reason` is a short stable tag used in counters."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class QfleetTimeout(QfleetError):
+    """A peer did not answer within the timeout. The peer may be dead or overloaded."""
+
+
+class RemoteError(QfleetError):
+    """A server answered a request with an error (bad request, rate limited, ...)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class EnvironmentSpecError(QfleetError):
+    """An environment id is unknown or its spaces are not supported."""
+
+
+class CheckpointError(QfleetError):
+    """A checkpoint or snapshot is missing, corrupt, or incompatible with the config."""

@@ -1,0 +1,173 @@
+"""Wire message schemas: one NamedTuple and one `MessageSchema` per message type.
+
+Who sends what:
+    actor   --InsertBatch-->     replay server (PUSH -> PULL)
+    learner --SampleRequest-->   replay server (DEALER -> ROUTER), answered by SampleBatch
+    learner --PriorityUpdate-->  replay server (no answer)
+    anyone  --StatsRequest-->    replay server, answered by StatsReply
+    anyone  --SnapshotRequest--> replay server, answered by StatsReply (with the snapshot path)
+    server  --ErrorReply-->      the requester, when a request cannot be served
+    learner --Weights-->         actors (PUB -> SUB), versioned
+    any     --Report-->          the launcher's telemetry socket (PUSH -> PULL)
+
+Schemas that carry observations or parameters are built for a given observation spec or
+network, so the receiver checks exact shapes and dtypes, not just "some array".
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from common.codec import BATCH, ArraySpec, Message, MessageSchema, decode, encode
+
+INSERT, SAMPLE, SAMPLE_BATCH, PRIORITIES = "insert", "sample", "sample_batch", "priorities"
+STATS, SNAPSHOT, STATS_REPLY, ERROR = "stats", "snapshot", "stats_reply", "error"
+WEIGHTS, REPORT = "weights", "report"
+
+_INT, _NUM, _STR = (int,), (int, float), (str,)
+
+
+class InsertBatch(NamedTuple):
+    actor_id: int
+    seq: int
+    weights_version: int
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_obs: np.ndarray
+    discount: np.ndarray
+    priority: Optional[np.ndarray] = None
+
+
+class SampleRequest(NamedTuple):
+    """Asks for `num_batches` batches of `batch_size` in one reply (fewer messages per batch)."""
+    request_id: int
+    batch_size: int
+    beta: float
+    num_batches: int = 1
+
+
+class SampleBatch(NamedTuple):
+    """`num_batches * batch_size` rows; importance weights are normalised within each batch."""
+    request_id: int
+    keys: np.ndarray
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_obs: np.ndarray
+    discount: np.ndarray
+    weight: np.ndarray
+
+
+class PriorityUpdate(NamedTuple):
+    keys: np.ndarray
+    priority: np.ndarray
+
+
+class StatsRequest(NamedTuple):
+    request_id: int
+
+
+class SnapshotRequest(NamedTuple):
+    request_id: int
+
+
+class StatsReply(NamedTuple):
+    request_id: int
+    values: dict
+
+
+class ErrorReply(NamedTuple):
+    request_id: int
+    reason: str
+    detail: str
+
+
+class Weights(NamedTuple):
+    version: int
+    published_at: float
+    params: dict  # name -> float32 array
+
+
+class Report(NamedTuple):
+    role: str
+    index: int
+    values: dict
+    episode_returns: Optional[np.ndarray] = None
+    episode_lengths: Optional[np.ndarray] = None
+
+
+def transition_arrays(obs_shape: Sequence[int], obs_dtype: Any) -> tuple[ArraySpec, ...]:
+    o = np.dtype(obs_dtype).str
+    shape = (BATCH, *obs_shape)
+    return (ArraySpec("obs", o, shape), ArraySpec("action", "<i4", (BATCH,)),
+            ArraySpec("reward", "<f4", (BATCH,)), ArraySpec("next_obs", o, shape),
+            ArraySpec("discount", "<f4", (BATCH,)))
+
+
+def replay_schemas(obs_shape: Sequence[int], obs_dtype: Any, max_batch: int = 1 << 20) -> dict[str, MessageSchema]:
+    """Every schema the replay server and its clients speak, for one observation spec."""
+    transition = transition_arrays(obs_shape, obs_dtype)
+    request = {"request_id": (_INT, True)}
+    schemas = [
+        MessageSchema(INSERT, 1, {"actor_id": (_INT, True), "seq": (_INT, True), "weights_version": (_INT, True)},
+                      transition + (ArraySpec("priority", "<f4", (BATCH,), optional=True),), max_batch),
+        MessageSchema(SAMPLE, 1, {**request, "batch_size": (_INT, True), "beta": (_NUM, True),
+                                  "num_batches": (_INT, True)}),
+        MessageSchema(SAMPLE_BATCH, 1, request, (ArraySpec("keys", "<i8", (BATCH,)),) + transition
+                      + (ArraySpec("weight", "<f4", (BATCH,)),), max_batch),
+        MessageSchema(PRIORITIES, 1, {}, (ArraySpec("keys", "<i8", (BATCH,)),
+                                          ArraySpec("priority", "<f4", (BATCH,))), max_batch),
+        MessageSchema(STATS, 1, request),
+        MessageSchema(SNAPSHOT, 1, request),
+        MessageSchema(STATS_REPLY, 1, request, open_meta=True),
+        MessageSchema(ERROR, 1, {**request, "reason": (_STR, True), "detail": (_STR, True)}),
+    ]
+    return {s.type: s for s in schemas}
+
+
+def weights_schema(param_shapes: dict[str, tuple[int, ...]]) -> MessageSchema:
+    """Schema of a Weights message for one network (parameter names and exact shapes)."""
+    arrays = tuple(ArraySpec(name, "<f4", tuple(shape)) for name, shape in param_shapes.items())
+    return MessageSchema(WEIGHTS, 1, {"version": (_INT, True), "published_at": (_NUM, True)}, arrays)
+
+
+REPORT_SCHEMA = MessageSchema(
+    REPORT, 1, {"role": (_STR, True), "index": (_INT, True)},
+    (ArraySpec("episode_returns", "<f4", (BATCH,), optional=True),
+     ArraySpec("episode_lengths", "<i4", (BATCH,), optional=True)),
+    max_batch=1 << 16, open_meta=True)
+
+
+def pack(schema: MessageSchema, msg: NamedTuple) -> list:
+    """Frames of a typed message. Fields named in the schema's arrays become frames;
+    a `values`/`params` dict field is spread into metadata/arrays respectively."""
+    fields = msg._asdict()
+    arrays = dict(fields.pop("params", None) or {})
+    meta = dict(fields.pop("values", None) or {})
+    names = {s.name for s in schema.arrays}
+    for key, value in fields.items():
+        if key in names:
+            if value is not None:
+                arrays[key] = value
+        else:
+            meta[key] = value
+    return encode(schema, meta, arrays)
+
+
+def unpack(cls: type, message: Message) -> Any:
+    """The typed NamedTuple for a decoded message (arrays stay read-only views)."""
+    fields = cls._fields
+    kwargs = {k: v for k, v in message.meta.items() if k in fields}
+    kwargs.update({k: v for k, v in message.arrays.items() if k in fields})
+    if "values" in fields:
+        kwargs["values"] = {k: v for k, v in message.meta.items() if k not in fields}
+    if "params" in fields:
+        kwargs["params"] = dict(message.arrays)
+    return cls(**kwargs)
+
+
+def decode_as(cls: type, frames: Sequence[Any], schemas: dict[str, MessageSchema], **kwargs: Any) -> Any:
+    """Decode frames that must be of one message type into its NamedTuple."""
+    return unpack(cls, decode(frames, schemas, **kwargs))

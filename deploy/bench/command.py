@@ -1,0 +1,23 @@
+"""`qfleet bench <name>`: dispatch to one benchmark module."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "replay": ("deploy.bench.replay", "replay server ingest, sampling and memory per transition"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, (module, help_text) in BENCHMARKS.items():
+        bp = sub.add_parser(name, help=help_text, description=importlib.import_module(module).__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod = importlib.import_module(module)
+        mod.add_arguments(bp)
+        bp.set_defaults(bench_run=mod.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.bench_run(args)

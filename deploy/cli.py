@@ -1,0 +1,43 @@
+"""The `qfleet` command line. Each subcommand's module is imported only when it runs, so
+`qfleet --help` and light commands start fast."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from common.errors import QfleetError
+
+# subcommand -> (module with add_arguments(parser) and run(args), one-line help)
+COMMANDS = {
+    "replay-server": ("deploy.replay_process", "run one replay server on its own (manual and cluster deployments)"),
+    "config": ("deploy.config_command", "show the default or resolved configuration with every field's meaning"),
+    "bench": ("deploy.bench.command", "benchmarks that write their numbers to JSON and a table"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qfleet", description="Distributed actor-learner DQN (Ape-X family) over ZeroMQ, locally or on Ray.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except QfleetError as exc:
+        print(f"qfleet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""`qfleet replay-server`: one replay server on its own, until SIGINT/SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from common.config_loader import load_config
+from common.envs import describe_env
+from deploy.processes import StopFlag, setup_logging
+from replay_server.build import build_replay_server
+
+log = logging.getLogger("qfleet.replay")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML or TOML config file (its 'replay' section is used)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field")
+    p.add_argument("--env", help="environment id that sizes the storage (default: run.env of the config)")
+    p.add_argument("--bind", default="127.0.0.1", metavar="HOST", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--insert-port", type=int, default=0, help="insert (PULL) port; 0 lets the OS choose")
+    p.add_argument("--request-port", type=int, default=0, help="request (ROUTER) port; 0 lets the OS choose")
+    p.add_argument("--snapshot-dir", help="directory for snapshots (enables the snapshot request)")
+    p.add_argument("--resume", action="store_true", help="load the newest snapshot from --snapshot-dir first")
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging("replay")
+    overrides = list(args.set) + ([f"run.env={args.env}"] if args.env else [])
+    cfg = load_config(args.config, overrides)
+    spec = describe_env(cfg.run.env)
+    server = build_replay_server(cfg.replay, spec, max_sample_batch=cfg.learner.batch_size, host=args.bind,
+                                 insert_port=args.insert_port, request_port=args.request_port,
+                                 snapshot_dir=args.snapshot_dir, seed=cfg.run.seed)
+    if args.resume:
+        if not args.snapshot_dir:
+            raise SystemExit("--resume needs --snapshot-dir")
+        path = server.snapshots.load_latest(server.table)
+        log.info("resumed from %s (%d transitions)", path, server.table.size)
+    stop = StopFlag()
+    print(json.dumps({"insert": server.insert_endpoint, "request": server.request_endpoint,
+                      "env": cfg.run.env, "capacity": cfg.replay.capacity}), flush=True)
+    log.info("serving %s: inserts on %s, requests on %s", cfg.run.env, server.insert_endpoint, server.request_endpoint)
+    try:
+        server.serve(stop.is_set)
+    finally:
+        stats = server.stats()
+        server.close()
+        log.info("stopped: stored %d, sampled %d, rejected %d", stats["stored"], stats["sampled"], stats["rejected"])
+    return 0
+

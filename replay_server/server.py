@@ -1,0 +1,246 @@
+"""The replay server loop: a PULL socket for inserts and a ROUTER socket for requests.
+
+    actors  --InsertBatch-->  PULL    (many PUSH peers; backpressure via the HWM)
+    learner --SampleRequest / PriorityUpdate / StatsRequest / SnapshotRequest--> ROUTER
+
+One thread owns the table. Requests are served before inserts so sample latency stays low.
+When the rate limiter refuses an insert, the server holds that one message and stops
+reading the PULL socket, so actors feel backpressure through ZeroMQ's high-water mark.
+When it refuses a sample, the request waits (up to `sample_wait_s`) and is then answered
+`rate_limited`. Every malformed message is rejected, counted by reason, and logged; the
+server keeps serving and what it stored is untouched.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from typing import Callable, Optional
+
+import zmq
+
+from common import messages as m
+from common.codec import decode
+from common.errors import CodecError
+from common.sockets import CurveKeys, bind_random_port, make_socket, send_nowait
+from replay_server.snapshot import SnapshotStore
+from replay_server.table import Table
+
+log = logging.getLogger("qfleet.replay")
+
+MAX_WAITING_SAMPLES = 256   # sample requests parked on the rate limiter before 'busy' answers
+MAX_READS_PER_TURN = 64     # messages read from one socket before looking at the other
+
+
+class ReplayServer:
+    def __init__(self, *, table: Table, host: str = "127.0.0.1", insert_port: int = 0, request_port: int = 0,
+                 max_message_bytes: int, max_sample_batch: int, max_insert_batch: int = 4096, insert_hwm: int = 64,
+                 sample_wait_s: float = 1.0, keys: Optional[CurveKeys] = None,
+                 snapshots: Optional[SnapshotStore] = None, snapshot_every_s: float = 0.0,
+                 ctx: Optional[zmq.Context] = None):
+        self.table = table
+        self.schemas = m.replay_schemas(table.storage.obs_shape, table.storage.obs_dtype, max_batch=1 << 20)
+        self.max_message_bytes = max_message_bytes
+        self.max_sample_batch = max_sample_batch
+        self.max_insert_batch = max_insert_batch
+        self.sample_wait_s = sample_wait_s
+        self.snapshots = snapshots
+        self.snapshot_every_s = snapshot_every_s
+        self._ctx = ctx or zmq.Context.instance()
+        common = dict(server=True, keys=keys, max_message_bytes=max_message_bytes)
+        self._pull = make_socket(self._ctx, zmq.PULL, hwm=insert_hwm, **common)
+        self._router = make_socket(self._ctx, zmq.ROUTER, hwm=1024, **common)
+        self.insert_endpoint = self._bind(self._pull, host, insert_port)
+        self.request_endpoint = self._bind(self._router, host, request_port)
+        self._both, self._requests_only = zmq.Poller(), zmq.Poller()
+        self._both.register(self._router, zmq.POLLIN)
+        self._both.register(self._pull, zmq.POLLIN)
+        self._requests_only.register(self._router, zmq.POLLIN)
+        self._held_insert: Optional[m.InsertBatch] = None
+        self._waiting: deque = deque()  # (deadline, identity, SampleRequest)
+        self.counts: Counter = Counter()
+        self.rejected: Counter = Counter()          # reason -> messages
+        self.stored_by_actor: Counter = Counter()   # actor id -> transitions
+        self.last_seq: dict[int, int] = {}
+        self.seq_gaps: Counter = Counter()          # actor id -> insert messages never seen
+        self._started = time.monotonic()
+        self._last_snapshot = time.monotonic()
+        self._last_log = 0.0
+
+    @staticmethod
+    def _bind(sock: zmq.Socket, host: str, port: int) -> str:
+        if port:
+            sock.bind(f"tcp://{host}:{port}")
+            return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return bind_random_port(sock, host)
+
+    def serve(self, should_stop: Callable[[], bool], poll_s: float = 0.05) -> None:
+        while not should_stop():
+            self.step(poll_s)
+
+    def step(self, timeout_s: float) -> None:
+        """One turn: wait up to timeout_s for traffic, serve requests, then inserts."""
+        poller = self._requests_only if self._held_insert is not None else self._both
+        events = dict(poller.poll(int(timeout_s * 1000)))
+        if self._router in events:
+            self._drain(self._router, self._handle_request)
+        if self._held_insert is not None and self._try_store(self._held_insert):
+            self._held_insert = None
+        if self._pull in events and self._held_insert is None:
+            self._drain(self._pull, self._handle_insert)
+        self._serve_waiting()
+        if self.snapshot_every_s and self.snapshots and time.monotonic() - self._last_snapshot >= self.snapshot_every_s:
+            self.snapshot()
+
+    def _drain(self, sock: zmq.Socket, handle: Callable[[list], bool]) -> None:
+        for _ in range(MAX_READS_PER_TURN):
+            try:
+                frames = sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not handle(frames):
+                return
+
+    # -- inserts -----------------------------------------------------------------------
+    def _handle_insert(self, frames: list) -> bool:
+        """Returns False when the rate limiter holds this batch (stop reading inserts)."""
+        self.counts["insert_messages"] += 1
+        try:
+            msg = decode(frames, self.schemas, max_bytes=self.max_message_bytes)
+            if msg.type != m.INSERT:
+                raise CodecError("unknown_type", f"'{msg.type}' sent to the insert socket, which takes only inserts")
+        except CodecError as exc:
+            self._reject(exc, "insert")
+            return True
+        batch = m.unpack(m.InsertBatch, msg)
+        if len(batch.action) > self.max_insert_batch:
+            self._reject(CodecError("oversized", f"insert of {len(batch.action)} transitions; the limit is "
+                                                 f"{self.max_insert_batch}"), "insert", transitions=len(batch.action))
+            return True
+        if self._try_store(batch):
+            return True
+        self._held_insert = batch
+        self.counts["inserts_held"] += 1
+        return False
+
+    def _try_store(self, batch: m.InsertBatch) -> bool:
+        n = len(batch.action)
+        if not self.table.can_insert(n):
+            return False
+        fields = {"obs": batch.obs, "action": batch.action, "reward": batch.reward,
+                  "next_obs": batch.next_obs, "discount": batch.discount}
+        try:
+            self.table.insert(fields, batch.priority)
+        except CodecError as exc:
+            self._reject(exc, "insert", transitions=n)
+            return True
+        self.stored_by_actor[batch.actor_id] += n
+        previous = self.last_seq.get(batch.actor_id)
+        if previous is not None and batch.seq > previous + 1:
+            self.seq_gaps[batch.actor_id] += batch.seq - previous - 1
+        self.last_seq[batch.actor_id] = max(batch.seq, previous if previous is not None else -1)
+        return True
+
+    # -- requests ----------------------------------------------------------------------
+    def _handle_request(self, frames: list) -> bool:
+        identity, body = frames[0], frames[1:]
+        self.counts["requests"] += 1
+        request_id = -1
+        try:
+            msg = decode(body, self.schemas, max_bytes=self.max_message_bytes)
+            request_id = msg.meta.get("request_id", -1)
+            if msg.type == m.SAMPLE:
+                self._handle_sample(identity, m.unpack(m.SampleRequest, msg))
+            elif msg.type == m.PRIORITIES:
+                update = m.unpack(m.PriorityUpdate, msg)
+                self.table.update_priorities(update.keys, update.priority)
+                self.counts["priority_updates"] += 1
+            elif msg.type == m.STATS:
+                self._reply(identity, m.STATS_REPLY, m.StatsReply(request_id, self.stats()))
+            elif msg.type == m.SNAPSHOT:
+                self._reply(identity, m.STATS_REPLY, m.StatsReply(request_id, self.snapshot()))
+            else:
+                raise CodecError("unknown_type", f"'{msg.type}' is not a request")
+        except CodecError as exc:
+            self._reject(exc, "request")
+            self._reply(identity, m.ERROR, m.ErrorReply(request_id if isinstance(request_id, int) else -1,
+                                                        exc.reason, exc.detail))
+        return True
+
+    def _handle_sample(self, identity: bytes, req: m.SampleRequest) -> None:
+        if req.batch_size < 1 or req.num_batches < 1 or req.batch_size * req.num_batches > self.max_sample_batch:
+            raise CodecError("bad_batch_size", f"batch_size and num_batches must be >= 1 with batch_size * "
+                                               f"num_batches <= {self.max_sample_batch}")
+        if not 0 <= req.beta <= 1:
+            raise CodecError("bad_beta", "beta must be in [0, 1]")
+        if not self._waiting and self.table.can_sample(req.batch_size * req.num_batches):
+            self._send_sample(identity, req)
+        elif len(self._waiting) >= MAX_WAITING_SAMPLES:
+            self._reply(identity, m.ERROR, m.ErrorReply(req.request_id, "busy", "too many waiting sample requests"))
+        else:
+            self._waiting.append((time.monotonic() + self.sample_wait_s, identity, req))
+
+    def _serve_waiting(self) -> None:
+        now = time.monotonic()
+        while self._waiting:
+            deadline, identity, req = self._waiting[0]
+            if self.table.can_sample(req.batch_size * req.num_batches):
+                self._waiting.popleft()
+                self._send_sample(identity, req)
+            elif now >= deadline:
+                self._waiting.popleft()
+                self.counts["samples_rate_limited"] += 1
+                detail = f"table has {self.table.size} transitions; the rate limiter allows no sample yet"
+                self._reply(identity, m.ERROR, m.ErrorReply(req.request_id, "rate_limited", detail))
+            else:
+                return
+
+    def _send_sample(self, identity: bytes, req: m.SampleRequest) -> None:
+        batch = self.table.sample(req.batch_size, req.beta, req.num_batches)
+        self.counts["sample_batches"] += req.num_batches
+        self._reply(identity, m.SAMPLE_BATCH, m.SampleBatch(req.request_id, **batch))
+
+    def _reply(self, identity: bytes, mtype: str, msg) -> None:
+        try:
+            send_nowait(self._router, [identity] + m.pack(self.schemas[mtype], msg))
+        except zmq.Again:
+            self.counts["replies_dropped"] += 1
+
+    def _reject(self, exc: CodecError, where: str, transitions: int = 0) -> None:
+        self.rejected[exc.reason] += 1
+        self.counts[f"{where}_rejected"] += 1
+        self.counts["rejected_transitions"] += transitions
+        now = time.monotonic()
+        if now - self._last_log > 5.0:  # a flood of garbage must not become a flood of logs
+            self._last_log = now
+            log.warning("rejected %s message (%s); %d rejected so far", where, exc, sum(self.rejected.values()))
+
+    # -- stats and snapshots -------------------------------------------------------------
+    def stats(self) -> dict:
+        t, lim = self.table, self.table.limiter
+        values = {
+            "size": t.size, "capacity": t.storage.capacity, "inserted": t.storage.inserted,
+            "stored": t.counts["stored"], "sampled": t.counts["sampled"],
+            "priorities_applied": t.counts["priorities_applied"], "priorities_stale": t.counts["priorities_stale"],
+            "samples_per_insert": lim.samples / lim.inserts if lim.inserts else 0.0,
+            "waiting_samples": len(self._waiting), "insert_held": self._held_insert is not None,
+            "rejected": sum(self.rejected.values()), "table_bytes": t.nbytes,
+            "uptime_s": time.monotonic() - self._started,
+        }
+        values.update(self.counts)
+        values.update({f"rejected.{k}": v for k, v in self.rejected.items()})
+        values.update({f"stored_by_actor.{k}": v for k, v in self.stored_by_actor.items()})
+        values.update({f"seq_gaps.{k}": v for k, v in self.seq_gaps.items()})
+        return values
+
+    def snapshot(self) -> dict:
+        if self.snapshots is None:
+            raise CodecError("no_snapshots", "this server was started without a snapshot directory")
+        path = self.snapshots.save(self.table)
+        self._last_snapshot = time.monotonic()
+        self.counts["snapshots"] += 1
+        return {"path": str(path), "size": self.table.size, "inserted": self.table.storage.inserted}
+
+    def close(self) -> None:
+        self._pull.close(0)
+        self._router.close(0)
