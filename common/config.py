@@ -67,7 +67,7 @@ class ReplayConfig:
     With the rate limiter on, it also sizes the automatic error buffer."""
     max_message_bytes: int = setting(64 * 1024 * 1024, ge=1024)
     """Largest message (all frames) the server accepts; bigger ones are dropped and counted."""
-    insert_hwm: int = setting(64, ge=1)
+    insert_hwm: int = setting(16, ge=1)
     """ZeroMQ high-water mark (messages) on the insert socket: how much queues before actors block."""
     sample_wait_s: float = setting(1.0, gt=0)
     """How long a sample request may wait for the rate limiter before it is answered 'rate_limited'."""
@@ -107,12 +107,17 @@ class LearnerConfig:
     """Added to |TD error| to form the priority, so no transition gets zero probability."""
     prefetch: int = setting(4, ge=1, le=64)
     """Sample requests kept in flight to the replay server."""
+    batches_per_request: int = setting(4, ge=1, le=64)
+    """Batches the replay server returns per sample request (fewer messages per update)."""
     publish_every: int = setting(50, ge=1)
     """Updates between weight publications (each publication gets a new version)."""
     republish_s: float = setting(1.0, gt=0)
     """Seconds between re-publications of the latest weights, for late or restarted actors."""
     device: str = setting("auto", choices=("auto", "cpu", "cuda"))
-    """Torch device: 'auto' picks CUDA when present."""
+    """Learner device: 'auto' picks CUDA when present, else the CPU."""
+    backend: str = setting("auto", choices=("auto", "numpy", "torch"))
+    """Update implementation: 'auto' uses numpy for MLPs on the CPU (several times faster
+    than torch for small networks) and torch on CUDA and for CNNs."""
     torch_threads: int = setting(1, ge=1, le=256)
     """Intra-op threads on CPU; 1 keeps the learner from fighting the actors for cores."""
     eval_every_s: float = setting(1.0, gt=0)

@@ -96,6 +96,7 @@ class Report(NamedTuple):
     values: dict
     episode_returns: Optional[np.ndarray] = None
     episode_lengths: Optional[np.ndarray] = None
+    lag_ms: Optional[np.ndarray] = None  # publish -> first use of each weights version applied
 
 
 def transition_arrays(obs_shape: Sequence[int], obs_dtype: Any) -> tuple[ArraySpec, ...]:
@@ -136,7 +137,8 @@ def weights_schema(param_shapes: dict[str, tuple[int, ...]]) -> MessageSchema:
 REPORT_SCHEMA = MessageSchema(
     REPORT, 1, {"role": (_STR, True), "index": (_INT, True)},
     (ArraySpec("episode_returns", "<f4", (BATCH,), optional=True),
-     ArraySpec("episode_lengths", "<i4", (BATCH,), optional=True)),
+     ArraySpec("episode_lengths", "<i4", (BATCH,), optional=True),
+     ArraySpec("lag_ms", "<f4", (None,), optional=True)),
     max_batch=1 << 16, open_meta=True)
 
 

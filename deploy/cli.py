@@ -10,6 +10,7 @@ from common.errors import QfleetError
 
 # subcommand -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
+    "train": ("deploy.train_command", "train a DQN agent: replay server, learner and actors (local mode by default)"),
     "replay-server": ("deploy.replay_process", "run one replay server on its own (manual and cluster deployments)"),
     "config": ("deploy.config_command", "show the default or resolved configuration with every field's meaning"),
     "bench": ("deploy.bench.command", "benchmarks that write their numbers to JSON and a table"),

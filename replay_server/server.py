@@ -22,7 +22,7 @@ import zmq
 from common import messages as m
 from common.codec import decode
 from common.errors import CodecError
-from common.sockets import CurveKeys, bind_random_port, make_socket, send_nowait
+from common.sockets import CurveKeys, bind, make_socket, send_nowait
 from replay_server.snapshot import SnapshotStore
 from replay_server.table import Table
 
@@ -50,8 +50,8 @@ class ReplayServer:
         common = dict(server=True, keys=keys, max_message_bytes=max_message_bytes)
         self._pull = make_socket(self._ctx, zmq.PULL, hwm=insert_hwm, **common)
         self._router = make_socket(self._ctx, zmq.ROUTER, hwm=1024, **common)
-        self.insert_endpoint = self._bind(self._pull, host, insert_port)
-        self.request_endpoint = self._bind(self._router, host, request_port)
+        self.insert_endpoint = bind(self._pull, host, insert_port)
+        self.request_endpoint = bind(self._router, host, request_port)
         self._both, self._requests_only = zmq.Poller(), zmq.Poller()
         self._both.register(self._router, zmq.POLLIN)
         self._both.register(self._pull, zmq.POLLIN)
@@ -66,13 +66,6 @@ class ReplayServer:
         self._started = time.monotonic()
         self._last_snapshot = time.monotonic()
         self._last_log = 0.0
-
-    @staticmethod
-    def _bind(sock: zmq.Socket, host: str, port: int) -> str:
-        if port:
-            sock.bind(f"tcp://{host}:{port}")
-            return sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        return bind_random_port(sock, host)
 
     def serve(self, should_stop: Callable[[], bool], poll_s: float = 0.05) -> None:
         while not should_stop():

@@ -1,0 +1,141 @@
+"""The actor loop: vectorized environments, epsilon-greedy numpy policy, n-step adder,
+batched pushes with backpressure, weights applied between steps, progress reports."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from actors.exploration import EpsilonSchedule
+from actors.nstep import NStepAdder
+from actors.weights import WeightSubscriber
+from common import messages as m
+from common.config import ActorConfig
+from common.envs import EnvSpec, make_vec_env
+from common.errors import QfleetTimeout
+from common.netspec import NetSpec, NumpyQNet, epsilon_greedy
+from common.telemetry import Telemetry
+from replay_server.client import ReplayClient
+
+FIELDS = ("obs", "action", "reward", "next_obs", "discount")
+
+
+class Actor:
+    def __init__(self, *, cfg: ActorConfig, index: int, num_actors: int, env: EnvSpec, net: NetSpec,
+                 replay: ReplayClient, weights: WeightSubscriber, max_insert_batch: int, seed: int = 0,
+                 telemetry: Optional[Telemetry] = None):
+        self.cfg, self.index = cfg, index
+        self.env_spec, self.replay, self.weights = env, replay, weights
+        self.max_insert_batch = max_insert_batch
+        self.seed = seed
+        self.telemetry = telemetry or Telemetry(None, "actor", index)
+        self.policy = NumpyQNet(net)
+        self.schedule = EpsilonSchedule(cfg, index, num_actors)
+        self.adder = NStepAdder(num_envs=cfg.envs_per_actor, n=cfg.n_step, gamma=cfg.gamma,
+                                obs_shape=env.obs_shape, obs_dtype=env.obs_dtype)
+        self.rng = np.random.default_rng([seed, index])
+        self.version = -1          # weights version in use (-1: none yet, acting uniformly)
+        self.env_steps = 0         # valid environment steps (transitions of the MDP)
+        self.sent = 0              # transitions handed to the replay server
+        self.seq = 0               # insert messages sent
+        self.blocked_s = 0.0       # time spent waiting on backpressure
+        self._pending: list[dict] = []
+        self._returns: list[float] = []
+        self._lengths: list[int] = []
+        self._lags_ms: list[float] = []
+        self._versions_applied = 0
+
+    def run(self, should_stop: Callable[[], bool], max_env_steps: int = 0) -> dict:
+        cfg = self.cfg
+        envs = make_vec_env(self.env_spec.env_id, cfg.envs_per_actor)
+        obs, _ = envs.reset(seed=self.seed * 10_007 + self.index * 101)
+        done_prev = np.zeros(cfg.envs_per_actor, bool)
+        ep_return = np.zeros(cfg.envs_per_actor)
+        ep_length = np.zeros(cfg.envs_per_actor, np.int64)
+        steps = 0
+        started = last_report = time.monotonic()
+        try:
+            while not should_stop() and not (max_env_steps and self.env_steps >= max_env_steps):
+                self._apply_weights()
+                actions = self._act(obs)
+                next_obs, reward, terminated, truncated, _ = envs.step(actions)
+                valid = ~done_prev  # NEXT_STEP autoreset: the step after an episode end only resets
+                out = self.adder.add(obs, actions, reward, next_obs, terminated, truncated, valid)
+                if len(out["action"]):
+                    self._pending.append(out)
+                ep_return += reward * valid
+                ep_length += valid
+                ended = valid & (terminated | truncated)
+                if ended.any():
+                    self._returns += ep_return[ended].tolist()
+                    self._lengths += ep_length[ended].tolist()
+                    ep_return[ended] = 0.0
+                    ep_length[ended] = 0
+                n_valid = int(valid.sum())
+                self.env_steps += n_valid
+                self.schedule.advance(n_valid, int(ended.sum()))
+                done_prev = terminated | truncated
+                obs = next_obs
+                steps += 1
+                if steps % cfg.flush_every_steps == 0:
+                    self._flush(should_stop)
+                now = time.monotonic()
+                if now - last_report >= cfg.report_every_s:
+                    self._report(now - started)
+                    last_report = now
+            self._flush(should_stop)
+        finally:
+            envs.close()
+        self._report(time.monotonic() - started)
+        return {"env_steps": self.env_steps, "sent": self.sent, "version": self.version}
+
+    def _act(self, obs: np.ndarray) -> np.ndarray:
+        if not self.policy.loaded:
+            return self.rng.integers(0, self.env_spec.num_actions, len(obs), dtype=np.int32)
+        return epsilon_greedy(self.policy(obs), self.schedule.epsilons(), self.rng)
+
+    def _apply_weights(self) -> None:
+        weights = self.weights.poll()
+        if weights is None:
+            return
+        self.policy.load(weights.params)
+        self.version = weights.version
+        self._versions_applied += 1
+        self._lags_ms.append((time.time() - weights.published_at) * 1e3)  # publish -> first use
+
+    def _flush(self, should_stop: Callable[[], bool]) -> None:
+        """Push pending transitions; while the replay server applies backpressure, keep
+        taking new weights and honour stop requests (nothing is dropped meanwhile)."""
+        if not self._pending:
+            return
+        batch = {k: np.concatenate([p[k] for p in self._pending]) for k in FIELDS}
+        self._pending.clear()
+        total = len(batch["action"])
+        for start in range(0, total, self.max_insert_batch):
+            chunk = {k: v[start:start + self.max_insert_batch] for k, v in batch.items()}
+            msg = m.InsertBatch(self.index, self.seq, self.version, **chunk)
+            while True:
+                waited = time.monotonic()
+                try:
+                    self.replay.insert(msg, timeout=self.cfg.send_timeout_s)
+                    break
+                except QfleetTimeout:
+                    self.blocked_s += time.monotonic() - waited
+                    self._apply_weights()
+                    if should_stop():
+                        return
+            self.seq += 1
+            self.sent += len(chunk["action"])
+
+    def _report(self, elapsed: float) -> None:
+        values = {"env_steps": self.env_steps, "transitions_sent": self.sent, "insert_messages": self.seq,
+                  "weights_version": self.version, "versions_applied": self._versions_applied,
+                  "env_steps_per_s": self.env_steps / max(elapsed, 1e-9), "blocked_s": self.blocked_s,
+                  "epsilon_mean": float(self.schedule.epsilons().mean()), "weights_rejected":
+                  sum(self.weights.rejected.values())}
+        self.telemetry.report(values, np.array(self._returns, np.float32), np.array(self._lengths, np.int32),
+                              np.array(self._lags_ms, np.float32))
+        self._returns.clear()
+        self._lengths.clear()
+        self._lags_ms.clear()

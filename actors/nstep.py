@@ -1,0 +1,91 @@
+"""Vectorized n-step adder.
+
+For each of V environments it keeps the last n (obs, action, reward) steps and emits
+transitions (obs_t, a_t, R_t, next_obs, discount) with
+
+    R_t = r_t + g r_{t+1} + ... + g^(n-1) r_{t+n-1},   next_obs = obs_{t+n},   discount = g^n
+
+When an episode *terminates*, every pending step is emitted with its partial return and
+discount 0 (no bootstrap). When it is *truncated* (time limit), every pending step is
+emitted with discount g^m (m = steps to the end) and the last observation, so the learner
+bootstraps from it. Steps marked invalid (gymnasium's autoreset step after an episode
+ended) are not transitions and are skipped.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+class NStepAdder:
+    def __init__(self, *, num_envs: int, n: int, gamma: float, obs_shape: Sequence[int], obs_dtype=np.float32):
+        self.num_envs, self.n, self.gamma = num_envs, n, gamma
+        self._obs = np.zeros((num_envs, n, *obs_shape), obs_dtype)
+        self._action = np.zeros((num_envs, n), np.int32)
+        self._reward = np.zeros((num_envs, n), np.float64)
+        self._head = np.zeros(num_envs, np.int64)   # oldest pending step, per env
+        self._count = np.zeros(num_envs, np.int64)  # pending steps, per env
+        self._powers = gamma ** np.arange(n + 1)
+
+    def add(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
+            terminated: np.ndarray, truncated: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+        """Record one vector step; returns the transitions it completes (possibly none)."""
+        envs = np.flatnonzero(valid)
+        pos = (self._head[envs] + self._count[envs]) % self.n
+        self._obs[envs, pos] = obs[envs]
+        self._action[envs, pos] = action[envs]
+        self._reward[envs, pos] = reward[envs]
+        self._count[envs] += 1
+
+        ended = valid & (terminated | truncated)
+        full = valid & ~ended & (self._count == self.n)
+        parts = []
+        if full.any():
+            parts.append(self._emit_oldest(np.flatnonzero(full), next_obs))
+        for env in np.flatnonzero(ended):
+            parts.append(self._emit_all(env, next_obs[env], bool(terminated[env])))
+        return _concat(parts, self._obs.shape[2:], self._obs.dtype)
+
+    def _emit_oldest(self, envs: np.ndarray, next_obs: np.ndarray) -> dict[str, np.ndarray]:
+        head = self._head[envs]
+        steps = (head[:, None] + np.arange(self.n)) % self.n
+        rewards = np.take_along_axis(self._reward[envs], steps, axis=1)
+        out = {"obs": self._obs[envs, head], "action": self._action[envs, head],
+               "reward": (rewards @ self._powers[: self.n]).astype(np.float32),
+               "next_obs": next_obs[envs], "discount": np.full(len(envs), self._powers[self.n], np.float32)}
+        self._head[envs] = (head + 1) % self.n
+        self._count[envs] -= 1
+        return out
+
+    def _emit_all(self, env: int, last_obs: np.ndarray, terminated: bool) -> dict[str, np.ndarray]:
+        count = int(self._count[env])
+        order = (self._head[env] + np.arange(count)) % self.n
+        rewards = self._reward[env, order]
+        # returns[p] = sum_k gamma^k rewards[p + k], computed from the end backwards
+        returns = np.zeros(count)
+        running = 0.0
+        for p in range(count - 1, -1, -1):
+            running = rewards[p] + self.gamma * running
+            returns[p] = running
+        remaining = count - np.arange(count)
+        discount = np.zeros(count) if terminated else self._powers[remaining]
+        out = {"obs": self._obs[env, order], "action": self._action[env, order],
+               "reward": returns.astype(np.float32), "next_obs": np.repeat(last_obs[None], count, axis=0),
+               "discount": discount.astype(np.float32)}
+        self._head[env] = 0
+        self._count[env] = 0
+        return out
+
+    def pending(self) -> int:
+        return int(self._count.sum())
+
+
+def _concat(parts: list, obs_shape, obs_dtype) -> dict[str, np.ndarray]:
+    if not parts:
+        return {"obs": np.zeros((0, *obs_shape), obs_dtype), "action": np.zeros(0, np.int32),
+                "reward": np.zeros(0, np.float32), "next_obs": np.zeros((0, *obs_shape), obs_dtype),
+                "discount": np.zeros(0, np.float32)}
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

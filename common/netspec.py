@@ -1,0 +1,85 @@
+"""Q-network shapes, shared by every part, and a numpy forward pass for the actors.
+
+`NetSpec` names an architecture; `param_shapes` gives the parameter names and shapes that
+the torch module (`common.networks`) has, so a weights message can be validated exactly
+by processes that never import torch. `NumpyQNet` runs the MLP forward pass in numpy:
+actors need no torch (faster start-up, less memory), and its output matches torch's.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class NetSpec(NamedTuple):
+    kind: str             # "mlp" (vector observations) or "cnn" (stacked frames)
+    obs_shape: tuple
+    num_actions: int
+    hidden: tuple = (128, 128)
+    dueling: bool = False
+
+
+def param_shapes(spec: NetSpec) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape, in the order of the torch module's state_dict."""
+    if spec.kind != "mlp":
+        from common.networks import torch_param_shapes  # CNN shapes come from torch itself
+        return torch_param_shapes(spec)
+    shapes: dict[str, tuple[int, ...]] = {}
+    width = int(np.prod(spec.obs_shape))
+    for i, h in enumerate(spec.hidden):
+        shapes[f"torso.{2 * i}.weight"] = (h, width)
+        shapes[f"torso.{2 * i}.bias"] = (h,)
+        width = h
+    if spec.dueling:
+        shapes.update({"value.weight": (1, width), "value.bias": (1,),
+                       "advantage.weight": (spec.num_actions, width), "advantage.bias": (spec.num_actions,)})
+    else:
+        shapes.update({"head.weight": (spec.num_actions, width), "head.bias": (spec.num_actions,)})
+    return shapes
+
+
+class NumpyQNet:
+    """Forward pass of the MLP Q-network from a {name: array} parameter dict."""
+
+    def __init__(self, spec: NetSpec):
+        if spec.kind != "mlp":
+            raise ValueError("NumpyQNet runs MLPs only; CNN policies run in torch")
+        self.spec = spec
+        self._layers: list[tuple[np.ndarray, np.ndarray]] = []
+        self._heads: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def load(self, params: dict[str, np.ndarray]) -> None:
+        # Transposed and contiguous once per version, so every forward is plain x @ W + b.
+        n = len(self.spec.hidden)
+        self._layers = [(np.ascontiguousarray(params[f"torso.{2 * i}.weight"].T, np.float32),
+                         np.asarray(params[f"torso.{2 * i}.bias"], np.float32)) for i in range(n)]
+        names = ("value", "advantage") if self.spec.dueling else ("head",)
+        self._heads = [(np.ascontiguousarray(params[f"{h}.weight"].T, np.float32),
+                        np.asarray(params[f"{h}.bias"], np.float32)) for h in names]
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self._heads)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
+        for w, b in self._layers:
+            x = x @ w
+            x += b
+            np.maximum(x, 0.0, out=x)
+        if not self.spec.dueling:
+            w, b = self._heads[0]
+            return x @ w + b
+        (wv, bv), (wa, ba) = self._heads
+        adv = x @ wa + ba
+        return (x @ wv + bv) + adv - adv.mean(axis=1, keepdims=True)
+
+
+def epsilon_greedy(q: np.ndarray, epsilons: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per-row epsilon-greedy actions (int32)."""
+    actions = q.argmax(axis=1).astype(np.int32)
+    explore = rng.random(len(q)) < epsilons
+    if explore.any():
+        actions[explore] = rng.integers(0, q.shape[1], int(explore.sum()), dtype=np.int32)
+    return actions

@@ -1,0 +1,42 @@
+"""Progress reports from every component to the launcher (PUSH -> the launcher's PULL).
+
+Reports are small Report messages (metrics as metadata, finished episodes as arrays).
+Sending never blocks: if the launcher is slow or gone, a report is dropped rather than
+stalling an actor or the learner.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import zmq
+
+from common import messages as m
+from common.sockets import CurveKeys, make_socket, send_nowait
+
+
+class Telemetry:
+    def __init__(self, endpoint: Optional[str], role: str, index: int = 0, keys: Optional[CurveKeys] = None):
+        self.role, self.index = role, index
+        self._sock = None
+        if endpoint:
+            self._sock = make_socket(zmq.Context.instance(), zmq.PUSH, hwm=256, keys=keys)
+            self._sock.connect(endpoint)
+        self.dropped = 0
+
+    def report(self, values: dict, episode_returns: Optional[np.ndarray] = None,
+               episode_lengths: Optional[np.ndarray] = None, lag_ms: Optional[np.ndarray] = None) -> None:
+        if self._sock is None:
+            return
+        msg = m.Report(self.role, self.index, values,
+                       None if episode_returns is None else np.asarray(episode_returns, np.float32),
+                       None if episode_lengths is None else np.asarray(episode_lengths, np.int32),
+                       None if lag_ms is None else np.asarray(lag_ms, np.float32))
+        try:
+            send_nowait(self._sock, m.pack(m.REPORT_SCHEMA, msg))
+        except zmq.Again:
+            self.dropped += 1
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=500)  # let a final report out

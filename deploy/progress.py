@@ -1,0 +1,130 @@
+"""What the launcher knows about a run: the reports of every component, folded into the
+numbers of the live status line, the metrics file and the final summary."""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Optional
+
+import numpy as np
+
+from common import messages as m
+
+
+class Progress:
+    def __init__(self, num_actors: int):
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.actors: dict[int, dict] = {}
+        self.learner: dict = {}
+        self.replay: dict = {}
+        self.evals: list[dict] = []
+        self.returns100: deque = deque(maxlen=100)
+        self.episodes = 0
+        self.new_episodes: list[tuple[float, int, float, int]] = []  # (elapsed, actor, return, length)
+        self.lags_ms: list[float] = []
+        self.solved_after_s: Optional[float] = None
+        self.solved_wall: Optional[float] = None
+        self.ready: dict[str, dict] = {}
+        self.errors: list[str] = []
+        self.learner_summary: dict = {}
+        self.num_actors = num_actors
+        self._rates: dict[str, tuple[float, float]] = {}
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def take(self, report: m.Report) -> None:
+        v = report.values
+        event = v.get("event")
+        name = report.role if report.role != "actor" else f"actor-{report.index}"
+        if event == "ready":
+            self.ready[report.role] = v
+        elif event == "error":
+            self.errors.append(f"{name}: {v.get('message')}")
+        elif event == "eval":
+            self.evals.append({**v, "elapsed_s": self.elapsed})
+            if v.get("solved") and self.solved_after_s is None:
+                self.solved_after_s, self.solved_wall = self.elapsed, time.time()
+        elif event == "finished":
+            self.learner_summary = dict(v)
+        elif report.role == "actor":
+            self.actors[report.index] = dict(v)
+        elif report.role == "learner":
+            self.learner = dict(v)
+        if report.episode_returns is not None and len(report.episode_returns):
+            now = self.elapsed
+            for ret, length in zip(report.episode_returns.tolist(), report.episode_lengths.tolist()):
+                self.returns100.append(ret)
+                self.new_episodes.append((now, report.index, ret, length))
+            self.episodes += len(report.episode_returns)
+        if report.lag_ms is not None and len(report.lag_ms):
+            self.lags_ms.extend(report.lag_ms.tolist())
+
+    # -- derived numbers ---------------------------------------------------------------
+    def env_steps(self) -> int:
+        return sum(a.get("env_steps", 0) for a in self.actors.values())
+
+    def sent(self) -> int:
+        return sum(a.get("transitions_sent", 0) for a in self.actors.values())
+
+    def rate(self, key: str, value: float) -> float:
+        """Per-second rate of a counter since the previous call with the same key."""
+        now = time.monotonic()
+        last = self._rates.get(key)
+        self._rates[key] = (now, value)
+        if last is None or now <= last[0]:
+            return 0.0
+        return (value - last[1]) / (now - last[0])
+
+    def policy_lag_versions(self) -> float:
+        """Mean over actors of (learner version - version the actor acts with)."""
+        latest = self.learner.get("version")
+        versions = [a.get("weights_version", -1) for a in self.actors.values()]
+        if latest is None or not versions:
+            return float("nan")
+        return float(np.mean([max(0, latest - v) for v in versions]))
+
+    def snapshot(self) -> dict:
+        """The metrics of one status tick, with namespaced names."""
+        steps, updates = self.env_steps(), self.learner.get("updates", 0)
+        last_eval = self.evals[-1] if self.evals else {}
+        lags = np.array(self.lags_ms[-1000:]) if self.lags_ms else None
+        return {
+            "time/elapsed_s": round(self.elapsed, 3),
+            "actors/env_steps": steps,
+            "actors/env_steps_per_s": self.rate("steps", steps),
+            "actors/transitions_sent": self.sent(),
+            "actors/policy_lag_versions": self.policy_lag_versions(),
+            "actors/policy_lag_ms_p50": float(np.percentile(lags, 50)) if lags is not None else None,
+            "learner/updates": updates,
+            "learner/updates_per_s": self.rate("updates", updates),
+            "learner/loss": self.learner.get("loss"),
+            "learner/version": self.learner.get("version"),
+            "learner/data_wait_fraction": self.learner.get("data_wait_fraction"),
+            "replay/size": self.replay.get("size"),
+            "replay/stored": self.replay.get("stored"),
+            "replay/samples_per_insert": self.replay.get("samples_per_insert"),
+            "replay/rejected": self.replay.get("rejected"),
+            "train/episodes": self.episodes,
+            "train/return_mean100": float(np.mean(self.returns100)) if self.returns100 else None,
+            "eval/return_mean": last_eval.get("eval_mean"),
+        }
+
+    def status_line(self, tick: dict) -> str:
+        def num(x, fmt="{:,.0f}"):
+            return "-" if x is None else fmt.format(x)
+        lag_ms = tick["actors/policy_lag_ms_p50"]
+        last = self.evals[-1] if self.evals else None
+        ev = "-" if last is None else f"{last['eval_mean']:.1f} (v{last['eval_version']})"
+        return (f"[{tick['time/elapsed_s']:6.1f}s] steps {num(tick['actors/env_steps'])} "
+                f"({num(tick['actors/env_steps_per_s'])}/s) | updates {num(tick['learner/updates'])} "
+                f"({num(tick['learner/updates_per_s'])}/s) | replay {num(tick['replay/size'])} "
+                f"spi {num(tick['replay/samples_per_insert'], '{:.1f}')} | return100 "
+                f"{num(tick['train/return_mean100'], '{:.1f}')} | eval {ev} | lag "
+                f"{num(tick['actors/policy_lag_versions'], '{:.1f}')} v, {num(lag_ms, '{:.0f}')} ms")
+
+    def take_episodes(self) -> list[tuple[float, int, float, int]]:
+        rows, self.new_episodes = self.new_episodes, []
+        return rows

@@ -1,0 +1,103 @@
+"""`qfleet train`: resolve and check the config, create the run directory, run the system."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+from common.config import QfleetConfig
+from common.config_loader import load_config, save_config
+from common.envs import EnvSpec, describe_env
+from common.errors import ConfigError
+from deploy.processes import StopFlag
+from replay_server.build import effective_error_buffer
+from replay_server.rate_limiter import RateLimiter
+
+FLAGS = {  # flag -> config field it sets
+    "env": "run.env", "actors": "run.actors", "envs_per_actor": "actor.envs_per_actor", "seed": "run.seed",
+    "max_seconds": "run.max_seconds", "run_dir": "run.run_dir", "name": "run.name", "backend": "run.backend",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", help="gymnasium id or module:Class (default CartPole-v1)")
+    p.add_argument("--actors", type=int, help="actor processes")
+    p.add_argument("--envs-per-actor", type=int, help="environments per actor (one vectorized batch)")
+    p.add_argument("--seed", type=int, help="seed for environments, exploration and networks")
+    p.add_argument("--max-seconds", type=float, help="wall-clock budget")
+    p.add_argument("--config", help="YAML or TOML config file")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field")
+    p.add_argument("--run-dir", help="folder for run directories (default runs)")
+    p.add_argument("--name", help="run name (default <env>-<time>)")
+    p.add_argument("--backend", choices=("local", "ray"), help="where to run (default local)")
+
+
+def resolve(args: argparse.Namespace) -> tuple[QfleetConfig, EnvSpec]:
+    """The checked config (with derived values filled in) and the environment's spec."""
+    overrides = [f"{field}={getattr(args, flag)}" for flag, field in FLAGS.items()
+                 if getattr(args, flag, None) is not None]
+    cfg = load_config(args.config, list(args.set) + overrides)
+    env = describe_env(cfg.run.env)
+    threshold = cfg.learner.solved_threshold if cfg.learner.solved_threshold is not None else env.reward_threshold
+    sample_batch = cfg.learner.batch_size * cfg.learner.batches_per_request
+    replay = dataclasses.replace(cfg.replay, error_buffer=effective_error_buffer(cfg.replay, sample_batch))
+    if replay.min_size_to_sample > replay.capacity:
+        raise ConfigError(f"replay.min_size_to_sample = {replay.min_size_to_sample} exceeds replay.capacity = "
+                          f"{replay.capacity}: the learner would wait forever")
+    if cfg.actor.envs_per_actor * cfg.actor.flush_every_steps > 64 * replay.max_insert_batch:
+        raise ConfigError("actor.envs_per_actor * actor.flush_every_steps is over 64 insert messages per push; "
+                          "raise replay.max_insert_batch or lower actor.flush_every_steps")
+    RateLimiter(min_size_to_sample=replay.min_size_to_sample, samples_per_insert=replay.samples_per_insert,
+                error_buffer=replay.error_buffer, max_insert_batch=replay.max_insert_batch,
+                max_sample_batch=sample_batch)  # raises, naming the deadlock, before anything starts
+    cfg = dataclasses.replace(cfg, replay=replay,
+                              learner=dataclasses.replace(cfg.learner, solved_threshold=threshold))
+    return cfg, env
+
+
+def make_run_dir(cfg: QfleetConfig) -> Path:
+    name = cfg.run.name or f"{cfg.run.env.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.run.run_dir) / name
+    suffix = 1
+    while run_dir.exists() and not cfg.run.name:
+        suffix += 1
+        run_dir = Path(cfg.run.run_dir) / f"{name}-{suffix}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run(args: argparse.Namespace) -> int:
+    stop = StopFlag()
+    cfg, env = resolve(args)
+    if cfg.run.backend == "ray":
+        raise ConfigError("the ray backend is not available in this version; use --backend local")
+    run_dir = make_run_dir(cfg)
+    save_config(cfg, run_dir / "config.yaml")
+    print(f"qfleet: training {env.env_id} with {cfg.run.actors} actor(s) x {cfg.actor.envs_per_actor} envs; "
+          f"solved at greedy mean >= {cfg.learner.solved_threshold}; run directory {run_dir}", flush=True)
+    from deploy.local import LocalLauncher, write_summary
+
+    launcher = LocalLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop,
+                             say=lambda line: print(line, flush=True))
+    try:
+        code, reason = launcher.run()
+        summary = launcher.summary(reason)
+    finally:
+        launcher.close()
+    write_summary(run_dir, summary)
+    print(final_message(summary), flush=True)
+    return code
+
+
+def final_message(s: dict) -> str:
+    best = s.get("best_eval")
+    ev = "no evaluation finished" if not best else (
+        f"best greedy mean {best['eval_mean']:.1f} +- {best['eval_std']:.1f} over {best['eval_episodes']} "
+        f"episodes (min {best['eval_min']:.0f}, max {best['eval_max']:.0f}, weights v{best['eval_version']})")
+    head = (f"solved {s['env']} in {s['solved_after_s']:.1f} s" if s["solved"]
+            else f"stopped ({s['reason']}) after {s['elapsed_s']:.1f} s")
+    return (f"qfleet: {head}: {ev}\n"
+            f"qfleet: {s['env_steps']:,} env steps, {s['updates']:,} updates, {s['episodes']:,} episodes, "
+            f"{s['actor_restarts']} actor restart(s)\n"
+            f"qfleet: run directory {s['run_dir']} (config.yaml, metrics.jsonl, episodes.csv, checkpoint.npz, logs/)")

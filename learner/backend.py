@@ -1,0 +1,53 @@
+"""Choosing the learner's device and update implementation.
+
+torch is imported only when it is needed: on the CPU with an MLP, the numpy update is
+faster and the learner process starts ~1.5 s sooner without it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+from common.config import LearnerConfig
+from common.errors import ConfigError
+from common.netspec import NetSpec
+
+
+def nvidia_gpu_present() -> bool:
+    """A cheap check for an NVIDIA driver, so CPU-only machines never import torch for it."""
+    return os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
+
+
+def resolve_device(requested: str) -> str:
+    """'cuda' or 'cpu' for a config value of auto, cpu or cuda."""
+    if requested == "cpu" or (requested == "auto" and not nvidia_gpu_present()):
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        raise ConfigError("learner.device = 'cuda' but torch finds no CUDA device; use 'auto' or 'cpu'")
+    return "cpu"
+
+
+def resolve_backend(cfg: LearnerConfig, spec: NetSpec, device: str) -> str:
+    if cfg.backend == "numpy" and (device != "cpu" or spec.kind != "mlp"):
+        raise ConfigError("learner.backend = 'numpy' runs MLPs on the CPU only; use 'auto' or 'torch'")
+    if cfg.backend != "auto":
+        return cfg.backend
+    return "numpy" if device == "cpu" and spec.kind == "mlp" else "torch"
+
+
+def make_update(cfg: LearnerConfig, spec: NetSpec, device: str, seed: int):
+    """The update object: NumpyDQN or TorchDQN, with the same interface."""
+    if resolve_backend(cfg, spec, device) == "numpy":
+        from learner.numpy_dqn import NumpyDQN
+
+        return NumpyDQN(cfg, spec, seed)
+    import torch
+
+    from learner.torch_dqn import TorchDQN
+
+    torch.set_num_threads(cfg.torch_threads)
+    return TorchDQN(cfg, spec, torch.device(device), seed)

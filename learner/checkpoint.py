@@ -1,0 +1,59 @@
+"""Checkpoints: one .npz of backend-neutral arrays plus JSON metadata, written atomically.
+
+Nothing here unpickles: arrays are loaded with allow_pickle=False, the metadata is JSON.
+The same file resumes training (online, target, Adam state, counters) and plays greedily
+(`policy/...`: the weights that scored best in greedy evaluation).
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.errors import CheckpointError
+
+FORMAT = "qfleet-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+    """Write arrays + metadata to `path` via a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+    with open(tmp, "wb") as f:
+        np.savez(f, __meta__=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, metadata); CheckpointError naming the file if missing, corrupt or foreign."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.npz"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (pass a run directory or its checkpoint.npz)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from None
+    raw = arrays.pop("__meta__", None)
+    try:
+        meta = json.loads(raw.tobytes().decode()) if raw is not None else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a qfleet checkpoint")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')}, "
+                              f"this qfleet reads version {FORMAT_VERSION}")
+    return arrays, meta

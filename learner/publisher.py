@@ -1,0 +1,50 @@
+"""Versioned weight broadcast: a PUB socket that actors SUBscribe to.
+
+Every publication carries a version and the publish wall-clock time (for policy-lag
+measurement). The latest weights are re-sent every `republish_s`, so actors that start
+late or restart catch up without a handshake. PUB never blocks: a slow subscriber's
+queue (HWM) drops old versions, which is what an actor wants anyway.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import zmq
+
+from common import messages as m
+from common.netspec import NetSpec, param_shapes
+from common.sockets import CurveKeys, bind, make_socket, send_nowait
+
+
+class WeightPublisher:
+    def __init__(self, *, spec: NetSpec, host: str = "127.0.0.1", port: int = 0,
+                 keys: Optional[CurveKeys] = None, republish_s: float = 1.0, ctx: Optional[zmq.Context] = None):
+        self.schema = m.weights_schema(param_shapes(spec))
+        self._sock = make_socket(ctx or zmq.Context.instance(), zmq.PUB, hwm=4, server=True, keys=keys)
+        self.endpoint = bind(self._sock, host, port)
+        self.republish_s = republish_s
+        self.version = -1
+        self._frames: Optional[list] = None
+        self._last_send = 0.0
+        self.published = 0
+
+    def publish(self, params: dict, version: int) -> None:
+        self.version = version
+        self._frames = m.pack(self.schema, m.Weights(version, time.time(), params))
+        self._send()
+        self.published += 1
+
+    def maybe_republish(self) -> None:
+        if self._frames is not None and time.monotonic() - self._last_send >= self.republish_s:
+            self._send()
+
+    def _send(self) -> None:
+        try:
+            send_nowait(self._sock, self._frames)
+        except zmq.Again:
+            pass  # PUB drops for slow subscribers; the next publication replaces this one
+        self._last_send = time.monotonic()
+
+    def close(self) -> None:
+        self._sock.close(0)

@@ -1,0 +1,113 @@
+"""The Double DQN update in torch: the GPU learner, and the CPU learner for CNNs.
+
+Same interface and checkpoint keys as `learner.numpy_dqn.NumpyDQN`: `step` takes the
+sampled numpy arrays and returns (|TD error|, loss) as numpy, `state`/`load` use
+backend-neutral names (online/..., target/..., adam_m/..., adam_v/..., adam_step).
+"""
+from __future__ import annotations
+
+import copy
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.config import LearnerConfig
+from common.netspec import NetSpec
+from common.networks import build_qnetwork, params_to_numpy
+
+
+class Batch(NamedTuple):
+    """One training batch as tensors on the learner's device."""
+
+    obs: torch.Tensor        # (B, *obs_shape)
+    action: torch.Tensor     # (B,) int64
+    reward: torch.Tensor     # (B,) n-step return
+    next_obs: torch.Tensor   # (B, *obs_shape)
+    discount: torch.Tensor   # (B,) gamma^n, or 0 at termination
+    weight: torch.Tensor     # (B,) importance-sampling weights
+
+
+def double_dqn_target(online: torch.nn.Module, target: torch.nn.Module, reward: torch.Tensor,
+                      discount: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """reward + discount * Q_target(next_obs, argmax_a Q_online(next_obs, a))."""
+    with torch.no_grad():
+        best = online(next_obs).argmax(dim=1, keepdim=True)
+        next_q = target(next_obs).gather(1, best).squeeze(1)
+        return reward + discount * next_q
+
+
+def to_batch(arrays: dict[str, np.ndarray], device: torch.device) -> Batch:
+    """Tensors from sampled numpy arrays (copied: received arrays are read-only views)."""
+    def t(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return torch.from_numpy(np.array(x, copy=True)).to(device=device, dtype=dtype, non_blocking=True)
+    return Batch(t(arrays["obs"], torch.float32), t(arrays["action"], torch.int64),
+                 t(arrays["reward"], torch.float32), t(arrays["next_obs"], torch.float32),
+                 t(arrays["discount"], torch.float32), t(arrays["weight"], torch.float32))
+
+
+class TorchDQN:
+    def __init__(self, cfg: LearnerConfig, spec: NetSpec, device: torch.device, seed: int = 0):
+        torch.manual_seed(seed)
+        self.cfg, self.spec, self.device = cfg, spec, device
+        self.online = build_qnetwork(spec).to(device)
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.updates = 0
+
+    def step(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+        td, loss = self.step_tensors(to_batch(arrays, self.device))
+        return td.cpu().numpy(), loss
+
+    def step_tensors(self, batch: Batch) -> tuple[torch.Tensor, float]:
+        q = self.online(batch.obs).gather(1, batch.action.unsqueeze(1)).squeeze(1)
+        target = double_dqn_target(self.online, self.target, batch.reward, batch.discount, batch.next_obs)
+        loss = (batch.weight * F.huber_loss(q, target, reduction="none", delta=self.cfg.huber_delta)).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.online.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.updates += 1
+        self._update_target()
+        return (target - q).detach().abs(), float(loss.detach())
+
+    def _update_target(self) -> None:
+        if self.cfg.target_update == "polyak":
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self.target.parameters()), list(self.online.parameters()), self.cfg.tau)
+        elif self.updates % self.cfg.target_period == 0:
+            self.target.load_state_dict(self.online.state_dict())
+
+    def params(self) -> dict[str, np.ndarray]:
+        return params_to_numpy(self.online)
+
+    def state(self) -> dict[str, np.ndarray]:
+        state = {f"online/{k}": v for k, v in params_to_numpy(self.online).items()}
+        state.update({f"target/{k}": v for k, v in params_to_numpy(self.target).items()})
+        names = dict(zip(range(len(list(self.online.parameters()))), dict(self.online.named_parameters())))
+        opt = self.optimizer.state_dict()["state"]
+        step = 0
+        for index, name in names.items():
+            s = opt.get(index)
+            zeros = np.zeros(tuple(self.online.get_parameter(name).shape), np.float32)
+            state[f"adam_m/{name}"] = s["exp_avg"].cpu().numpy() if s else zeros
+            state[f"adam_v/{name}"] = s["exp_avg_sq"].cpu().numpy() if s else zeros
+            step = int(s["step"]) if s else 0
+        state["adam_step"] = np.int64(step)
+        state["updates"] = np.int64(self.updates)
+        return state
+
+    def load(self, state: dict[str, np.ndarray]) -> None:
+        for prefix, net in (("online", self.online), ("target", self.target)):
+            net.load_state_dict({k: torch.from_numpy(np.asarray(state[f"{prefix}/{k}"]))
+                                 for k in net.state_dict()})
+        opt = self.optimizer.state_dict()
+        step = int(state["adam_step"])
+        if step:
+            for index, (name, param) in enumerate(self.online.named_parameters()):
+                opt["state"][index] = {"step": torch.tensor(float(step)),
+                                       "exp_avg": torch.from_numpy(np.asarray(state[f"adam_m/{name}"])).to(param.device),
+                                       "exp_avg_sq": torch.from_numpy(np.asarray(state[f"adam_v/{name}"])).to(param.device)}
+        self.optimizer.load_state_dict(opt)
+        self.updates = int(state["updates"])
