@@ -19,6 +19,7 @@ from common.telemetry import Telemetry
 from replay_server.client import ReplayClient
 
 FIELDS = ("obs", "action", "reward", "next_obs", "discount")
+FINAL_FLUSH_S = 1.0  # at stop, how long pending transitions may wait for the replay server
 
 
 class Actor:
@@ -84,7 +85,8 @@ class Actor:
                 if now - last_report >= cfg.report_every_s:
                     self._report(now - started)
                     last_report = now
-            self._flush(should_stop)
+            final_deadline = time.monotonic() + FINAL_FLUSH_S
+            self._flush(lambda: time.monotonic() > final_deadline)  # hand over what is pending
         finally:
             envs.close()
         self._report(time.monotonic() - started)

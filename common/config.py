@@ -118,8 +118,9 @@ class LearnerConfig:
     backend: str = setting("auto", choices=("auto", "numpy", "torch"))
     """Update implementation: 'auto' uses numpy for MLPs on the CPU (several times faster
     than torch for small networks) and torch on CUDA and for CNNs."""
-    torch_threads: int = setting(1, ge=1, le=256)
-    """Intra-op threads on CPU; 1 keeps the learner from fighting the actors for cores."""
+    threads: int = setting(1, ge=1, le=256)
+    """CPU threads for the learner's math (BLAS and torch intra-op). 1 suits small networks
+    and keeps the learner from fighting the actors for cores."""
     eval_every_s: float = setting(1.0, gt=0)
     """Seconds between greedy evaluations (each starts when the previous finished)."""
     eval_episodes: int = setting(100, ge=1, le=10_000)

@@ -98,6 +98,8 @@ def replay_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, snapshot_dir:
         telemetry.report({"event": "ready", "insert": server.insert_endpoint, "request": server.request_endpoint})
         try:
             server.serve(stop.is_set)
+            server.drain()  # actors stop first; keep what they already sent
+            telemetry.report({"event": "finished", **server.stats()})
         finally:
             server.close()
     _run_component("replay", 0, place, body)

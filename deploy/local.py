@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -32,7 +34,25 @@ from deploy.progress import Progress
 from replay_server.client import ReplayClient
 
 STARTUP_TIMEOUT_S = 120.0
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SHUTDOWN_GRACE_S = 4.0
+
+
+@contextmanager
+def blas_threads(n: int):
+    """Set the BLAS/OpenMP thread count for children spawned inside this block. Without it
+    every process starts one BLAS thread per core and, on a small machine, they thrash
+    (measured: a learner update 2.7x slower with the actors running)."""
+    saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
+    os.environ.update({k: str(n) for k in THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dataclass
@@ -82,9 +102,12 @@ class LocalLauncher:
             else:
                 target, args = actor_main, (self.cfg, self.env, self.place, receiver, index)
         proc = self.ctx.Process(target=target, args=args, name=f"qfleet-{role}-{index}", daemon=False)
-        proc.start()
+        with blas_threads(self.cfg.learner.threads if role == "learner" else 1):
+            proc.start()  # the child reads these variables when it imports numpy
         child = Child(role, index, proc, control)
         self.children[child.name] = child
+        (self.run_dir / "processes.json").write_text(json.dumps(
+            {c.name: c.process.pid for c in self.children.values()}, indent=1))
         if control is not None and self.wiring is not None:
             control.send(self.wiring)
         return child
@@ -153,7 +176,7 @@ class LocalLauncher:
         return None
 
     def _poll_replay(self) -> None:
-        if self.replay_client is None:
+        if self.replay_client is None or self.progress.replay_final:
             return
         try:
             self.progress.replay = self.replay_client.stats(timeout=0.5)
@@ -214,14 +237,21 @@ class LocalLauncher:
         return (130 if reason == "interrupted" else 0), reason
 
     def _shutdown(self) -> None:
-        """SIGTERM everything, let the learner write its checkpoint, SIGKILL what lingers."""
-        for child in self.children.values():
-            if child.process.exitcode is None:
-                child.process.terminate()
+        """Actors first (they hand over pending transitions), then the replay server (it stores
+        what was already sent) and the learner (it writes its checkpoint); SIGKILL what lingers.
+        Everything is down within SHUTDOWN_GRACE_S + 1 s."""
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        for child in self.children.values():
-            child.process.join(max(0.0, deadline - time.monotonic()))
-            self._drain_telemetry(0.0)
+        actors = [c for c in self.children.values() if c.role == "actor"]
+        others = [c for c in self.children.values() if c.role != "actor"]
+        for group, share in ((actors, 0.5), (others, 1.0)):
+            for child in group:
+                if child.process.exitcode is None:
+                    child.process.terminate()
+            group_deadline = time.monotonic() + share * max(0.0, deadline - time.monotonic())
+            for child in group:
+                while child.process.exitcode is None and time.monotonic() < group_deadline:
+                    child.process.join(0.05)
+                    self._drain_telemetry(0.0)
         for child in self.children.values():
             if child.process.exitcode is None:
                 self.say(f"{child.name} did not stop within {SHUTDOWN_GRACE_S:g} s; killing it")
@@ -245,6 +275,7 @@ class LocalLauncher:
                 "transitions_sent": p.sent(), "updates": p.learner.get("updates", 0),
                 "best_eval": best, "evaluations": len(p.evals), "episodes": p.episodes,
                 "actor_restarts": self.actor_restarts, "replay": p.replay, "learner": p.learner_summary,
+                "actors": {str(i): a for i, a in sorted(p.actors.items())},
                 "errors": p.errors, "run_dir": str(self.run_dir)}
 
 

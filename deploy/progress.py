@@ -28,6 +28,7 @@ class Progress:
         self.ready: dict[str, dict] = {}
         self.errors: list[str] = []
         self.learner_summary: dict = {}
+        self.replay_final = False  # replay stats are the server's own final count
         self.num_actors = num_actors
         self._rates: dict[str, tuple[float, float]] = {}
 
@@ -47,8 +48,11 @@ class Progress:
             self.evals.append({**v, "elapsed_s": self.elapsed})
             if v.get("solved") and self.solved_after_s is None:
                 self.solved_after_s, self.solved_wall = self.elapsed, time.time()
-        elif event == "finished":
+        elif event == "finished" and report.role == "learner":
             self.learner_summary = dict(v)
+        elif event == "finished" and report.role == "replay":
+            self.replay = {k: x for k, x in v.items() if k != "event"}
+            self.replay_final = True
         elif report.role == "actor":
             self.actors[report.index] = dict(v)
         elif report.role == "learner":

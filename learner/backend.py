@@ -49,5 +49,5 @@ def make_update(cfg: LearnerConfig, spec: NetSpec, device: str, seed: int):
 
     from learner.torch_dqn import TorchDQN
 
-    torch.set_num_threads(cfg.torch_threads)
+    torch.set_num_threads(cfg.threads)
     return TorchDQN(cfg, spec, torch.device(device), seed)

@@ -116,9 +116,30 @@ class ReplayServer:
         self.counts["inserts_held"] += 1
         return False
 
-    def _try_store(self, batch: m.InsertBatch) -> bool:
+    def drain(self, quiet_s: float = 0.1, max_s: float = 1.0) -> int:
+        """At shutdown: store what actors already sent, bypassing the rate limiter, until the
+        insert socket has been quiet for `quiet_s` (at most `max_s`). Returns messages read."""
+        read, deadline = 0, time.monotonic() + max_s
+        if self._held_insert is not None:
+            self._try_store(self._held_insert, force=True)
+            self._held_insert = None
+        while time.monotonic() < deadline and self._pull.poll(int(quiet_s * 1000)):
+            frames = self._pull.recv_multipart(copy=False)
+            read += 1
+            self.counts["insert_messages"] += 1
+            try:
+                msg = decode(frames, self.schemas, max_bytes=self.max_message_bytes)
+                if msg.type != m.INSERT:
+                    raise CodecError("unknown_type", f"'{msg.type}' sent to the insert socket")
+            except CodecError as exc:
+                self._reject(exc, "insert")
+                continue
+            self._try_store(m.unpack(m.InsertBatch, msg), force=True)
+        return read
+
+    def _try_store(self, batch: m.InsertBatch, force: bool = False) -> bool:
         n = len(batch.action)
-        if not self.table.can_insert(n):
+        if not force and not self.table.can_insert(n):
             return False
         fields = {"obs": batch.obs, "action": batch.action, "reward": batch.reward,
                   "next_obs": batch.next_obs, "discount": batch.discount}
