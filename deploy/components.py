@@ -98,7 +98,7 @@ def replay_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, snapshot_dir:
         telemetry.report({"event": "ready", "insert": server.insert_endpoint, "request": server.request_endpoint})
         try:
             server.serve(stop.is_set)
-            server.drain()  # actors stop first; keep what they already sent
+            server.drain(quiet_s=0.3, max_s=2.0)  # keep what stopping actors still hand over
             telemetry.report({"event": "finished", **server.stats()})
         finally:
             server.close()
@@ -151,5 +151,5 @@ def actor_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, control: Conne
                       seed=cfg.run.seed, telemetry=telemetry)
         actor.run(stop.is_set)
         weights.close()
-        replay.close()
+        replay.close(linger_s=1.0)  # let the last inserts reach the draining replay server
     _run_component("actor", index, place, body)

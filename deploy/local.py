@@ -237,21 +237,17 @@ class LocalLauncher:
         return (130 if reason == "interrupted" else 0), reason
 
     def _shutdown(self) -> None:
-        """Actors first (they hand over pending transitions), then the replay server (it stores
-        what was already sent) and the learner (it writes its checkpoint); SIGKILL what lingers.
-        Everything is down within SHUTDOWN_GRACE_S + 1 s."""
+        """SIGTERM everything at once: actors hand over pending transitions while the replay
+        server drains its insert socket (rate limiter bypassed) and the learner writes its
+        checkpoint; SIGKILL whatever is still alive after SHUTDOWN_GRACE_S."""
+        for child in self.children.values():
+            if child.process.exitcode is None:
+                child.process.terminate()
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        actors = [c for c in self.children.values() if c.role == "actor"]
-        others = [c for c in self.children.values() if c.role != "actor"]
-        for group, share in ((actors, 0.5), (others, 1.0)):
-            for child in group:
-                if child.process.exitcode is None:
-                    child.process.terminate()
-            group_deadline = time.monotonic() + share * max(0.0, deadline - time.monotonic())
-            for child in group:
-                while child.process.exitcode is None and time.monotonic() < group_deadline:
-                    child.process.join(0.05)
-                    self._drain_telemetry(0.0)
+        for child in self.children.values():
+            while child.process.exitcode is None and time.monotonic() < deadline:
+                child.process.join(0.05)
+                self._drain_telemetry(0.0)
         for child in self.children.values():
             if child.process.exitcode is None:
                 self.say(f"{child.name} did not stop within {SHUTDOWN_GRACE_S:g} s; killing it")

@@ -135,8 +135,9 @@ class ReplayClient:
     def _t(self, timeout: Optional[float]) -> float:
         return self.timeout if timeout is None else timeout
 
-    def close(self) -> None:
+    def close(self, linger_s: Optional[float] = None) -> None:
+        """Close the sockets; `linger_s` bounds how long unsent inserts may still go out."""
         for sock in (self._push, self._dealer):
             if sock is not None:
-                sock.close()
+                sock.close(None if linger_s is None else int(linger_s * 1000))
         self._push = self._dealer = None
