@@ -2,17 +2,20 @@
 
 `evaluate` runs E copies of the environment as one vector env, one episode each (steps of
 copies whose episode ended are ignored), and returns the episode returns.
-`BackgroundEvaluator` runs it in a thread on a snapshot of the weights, so training
-goes on while it plays (the numpy forward and the vector env are cheap next to updates).
+`BackgroundEvaluator` runs it in a child process on a snapshot of the weights, so
+training goes on while it plays.
 """
 from __future__ import annotations
 
-import threading
+import multiprocessing as mp
+import signal
+from multiprocessing.connection import Connection
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
 from common.envs import make_vec_env
+from common.netspec import NetSpec, NumpyQNet
 
 
 class EvalResult(NamedTuple):
@@ -48,23 +51,50 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: 
                       float(returns.max()), returns, lengths)
 
 
-class BackgroundEvaluator:
-    """Evaluates submitted weights in a daemon thread; one evaluation at a time."""
+def greedy_policy(spec: NetSpec, params: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """obs -> Q-values for a parameter dict."""
+    net = NumpyQNet(spec)
+    net.load(params)
+    return net
 
-    def __init__(self, make_policy: Callable[[dict], Callable[[np.ndarray], np.ndarray]], env_id: str,
-                 episodes: int, seed: int):
-        self._make_policy = make_policy
-        self._env_id, self._episodes, self._seed = env_id, episodes, seed
-        self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
-        self._result: Optional[tuple[EvalResult, dict]] = None
-        self._error: Optional[BaseException] = None
+
+def _serve(conn: Connection, spec: NetSpec, env_id: str, episodes: int) -> None:
+    """The evaluator process: evaluate each (params, version, seed) it is sent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner decides when it stops
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):  # the learner is gone
+            return
+        if job is None:
+            return
+        params, version, seed = job
+        try:
+            conn.send(evaluate(greedy_policy(spec, params), env_id, episodes, seed, version=version))
+        except Exception as exc:
+            conn.send(RuntimeError(f"evaluation failed: {type(exc).__name__}: {exc}"))
+
+
+class BackgroundEvaluator:
+    """Greedy evaluation in a child process, one job at a time, so training never waits
+    for it and it does not compete with the update loop for the GIL (it takes ~15% of a
+    core when it shares the learner's). Weights travel over a local pipe to our own child."""
+
+    def __init__(self, spec: NetSpec, env_id: str, episodes: int, seed: int):
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, spec, env_id, episodes), daemon=True,
+                                 name="qfleet-evaluator")
+        self._proc.start()
+        child.close()
+        self._seed = seed
+        self._pending: Optional[dict] = None
         self.result_params: Optional[dict] = None  # the weights behind the last polled result
         self.evaluations = 0
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._pending is not None
 
     def submit(self, params: dict, version: int) -> bool:
         """Start evaluating `params` unless an evaluation is running; True if started."""
@@ -72,33 +102,27 @@ class BackgroundEvaluator:
             return False
         seed = self._seed + 10_007 * self.evaluations  # fresh start states each time
         self.evaluations += 1
-        self._thread = threading.Thread(target=self._run, args=(params, version, seed), daemon=True,
-                                        name="qfleet-eval")
-        self._thread.start()
+        self._conn.send((params, version, seed))
+        self._pending = params
         return True
 
-    def _run(self, params: dict, version: int, seed: int) -> None:
-        try:
-            result = evaluate(self._make_policy(params), self._env_id, self._episodes, seed, version=version)
-            with self._lock:
-                self._result = (result, params)
-        except BaseException as exc:  # surfaced to the training thread by poll()
-            with self._lock:
-                self._error = exc
-
-    def poll(self) -> Optional[EvalResult]:
-        """The newest finished result (once), or None; re-raises an evaluation error."""
-        with self._lock:
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
-            done, self._result = self._result, None
-        if done is None:
+    def poll(self, timeout: float = 0.0) -> Optional[EvalResult]:
+        """The finished result (once), or None; raises if the evaluation failed."""
+        if not self.busy or not self._conn.poll(timeout):
+            if self.busy and not self._proc.is_alive():
+                raise RuntimeError(f"the evaluator process died (exit code {self._proc.exitcode})")
             return None
-        result, self.result_params = done
+        result = self._conn.recv()
+        self.result_params, self._pending = self._pending, None
+        if isinstance(result, Exception):
+            raise result
         return result
 
-    def wait(self, timeout: float) -> Optional[EvalResult]:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.poll()
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self._proc.join(1.0)
+        if self._proc.is_alive():
+            self._proc.kill()

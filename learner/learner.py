@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from common.config import LearnerConfig
-from common.netspec import NetSpec, NumpyQNet
+from common.netspec import NetSpec
 from common.telemetry import Telemetry
 from learner.backend import make_update, resolve_backend
 from learner.checkpoint import save_checkpoint
@@ -22,15 +22,6 @@ from replay_server.client import ReplayClient
 log = logging.getLogger("qfleet.learner")
 
 REPORT_EVERY_S = 0.5
-
-
-def numpy_policy(spec: NetSpec) -> Callable[[dict], Callable[[np.ndarray], np.ndarray]]:
-    """Greedy-evaluation policy factory: parameters -> (obs -> Q-values)."""
-    def make(params: dict) -> Callable[[np.ndarray], np.ndarray]:
-        net = NumpyQNet(spec)
-        net.load(params)
-        return net
-    return make
 
 
 class Learner:
@@ -46,7 +37,7 @@ class Learner:
         self.publisher = publisher
         self.prefetcher = Prefetcher(replay, batch_size=cfg.batch_size, batches_per_request=cfg.batches_per_request,
                                      in_flight=cfg.prefetch, timeout_s=cfg.sample_timeout_s)
-        self.evaluator = BackgroundEvaluator(numpy_policy(spec), env_id, cfg.eval_episodes, seed + 1)
+        self.evaluator = BackgroundEvaluator(spec, env_id, cfg.eval_episodes, seed + 1)
         self.telemetry = telemetry or Telemetry(None, "learner")
         self.checkpoint_path = checkpoint_path
         self.max_updates = max_updates
@@ -87,6 +78,7 @@ class Learner:
                     last_report = now
         finally:
             self.prefetcher.close()
+            self.evaluator.close()
         self._report(time.monotonic() - started)
         return self.finish()
 

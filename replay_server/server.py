@@ -57,6 +57,7 @@ class ReplayServer:
         self._both.register(self._pull, zmq.POLLIN)
         self._requests_only.register(self._router, zmq.POLLIN)
         self._held_insert: Optional[m.InsertBatch] = None
+        self._held_since = 0.0
         self._waiting: deque = deque()  # (deadline, identity, SampleRequest)
         self.counts: Counter = Counter()
         self.rejected: Counter = Counter()          # reason -> messages
@@ -78,6 +79,7 @@ class ReplayServer:
         if self._router in events:
             self._drain(self._router, self._handle_request)
         if self._held_insert is not None and self._try_store(self._held_insert):
+            self.counts["insert_held_ms"] += int((time.monotonic() - self._held_since) * 1000)
             self._held_insert = None
         if self._pull in events and self._held_insert is None:
             self._drain(self._pull, self._handle_insert)
@@ -113,6 +115,7 @@ class ReplayServer:
         if self._try_store(batch):
             return True
         self._held_insert = batch
+        self._held_since = time.monotonic()
         self.counts["inserts_held"] += 1
         return False
 
@@ -200,6 +203,8 @@ class ReplayServer:
             deadline, identity, req = self._waiting[0]
             if self.table.can_sample(req.batch_size * req.num_batches):
                 self._waiting.popleft()
+                self.counts["sample_wait_ms"] += int((now - deadline + self.sample_wait_s) * 1000)
+                self.counts["samples_waited"] += 1
                 self._send_sample(identity, req)
             elif now >= deadline:
                 self._waiting.popleft()
