@@ -48,7 +48,7 @@ class ActorConfig:
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    capacity: int = setting(100_000, ge=16)
+    capacity: int = setting(50_000, ge=16)
     """Transitions the ring buffer holds; the oldest are overwritten."""
     prioritized: bool = setting(True)
     """Proportional prioritized sampling (sum-tree); False samples uniformly."""
@@ -56,7 +56,7 @@ class ReplayConfig:
     """Priority exponent: P(i) ~ p_i**alpha."""
     min_size_to_sample: int = setting(1_000, ge=1)
     """Transitions stored before the first sample is served."""
-    samples_per_insert: float = setting(8.0, ge=0)
+    samples_per_insert: float = setting(4.0, ge=0)
     """Target ratio of sampled to inserted transitions; 0 turns the rate limiter off
     (only min_size_to_sample applies)."""
     error_buffer: float = setting(0.0, ge=0)
@@ -79,7 +79,7 @@ class ReplayConfig:
 class LearnerConfig:
     batch_size: int = setting(256, ge=1, le=65_536)
     """Transitions per update."""
-    lr: float = setting(1e-3, gt=0, le=1)
+    lr: float = setting(2.5e-3, gt=0, le=1)
     """Adam learning rate."""
     adam_eps: float = setting(1e-5, gt=0)
     """Adam epsilon."""
@@ -91,7 +91,7 @@ class LearnerConfig:
     """Target network update: periodic hard copy or Polyak averaging."""
     target_period: int = setting(500, ge=1)
     """Updates between hard target copies."""
-    tau: float = setting(0.01, gt=0, le=1)
+    tau: float = setting(0.02, gt=0, le=1)
     """Polyak coefficient per update."""
     huber_delta: float = setting(1.0, gt=0)
     """Huber loss threshold."""
@@ -122,7 +122,7 @@ class LearnerConfig:
     threads: int = setting(1, ge=1, le=256)
     """CPU threads for the learner's math (BLAS and torch intra-op). 1 suits small networks
     and keeps the learner from fighting the actors for cores."""
-    eval_every_s: float = setting(1.0, gt=0)
+    eval_every_s: float = setting(0.5, gt=0)
     """Seconds between greedy evaluations (each starts when the previous finished)."""
     eval_episodes: int = setting(100, ge=1, le=10_000)
     """Episodes per greedy evaluation (run as one vectorized batch)."""
