@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make train   set up .venv (if needed) and run the main job (for now: `qfleet bench replay`)
+#   make train   set up .venv (if needed) and run `qfleet train` (local mode, default config)
 #   make test    set up .venv (if needed) and run the test suite (what CI runs)
 # Extra arguments go through ARGS, e.g. `make train ARGS="--actors 4"`.
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/qfleet bench replay $(ARGS)
+	$(BIN)/qfleet train $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

@@ -70,9 +70,13 @@ def _serve(conn: Connection, spec: NetSpec, env_id: str, episodes: int) -> None:
             return
         params, version, seed = job
         try:
-            conn.send(evaluate(greedy_policy(spec, params), env_id, episodes, seed, version=version))
+            result = evaluate(greedy_policy(spec, params), env_id, episodes, seed, version=version)
         except Exception as exc:
-            conn.send(RuntimeError(f"evaluation failed: {type(exc).__name__}: {exc}"))
+            result = RuntimeError(f"evaluation failed: {type(exc).__name__}: {exc}")
+        try:
+            conn.send(result)
+        except (BrokenPipeError, OSError):  # the learner is gone
+            return
 
 
 class BackgroundEvaluator:

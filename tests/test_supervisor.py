@@ -1,0 +1,96 @@
+"""The local supervisor: a dead replay server or learner stops the run with a clear
+message and a non-zero exit code; SIGTERM and SIGINT stop everything within 5 s; no
+process is left behind in any case."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import python_env
+
+pytestmark = pytest.mark.slow
+
+
+def start(qfleet_cmd, run_dir: Path, *extra: str) -> subprocess.Popen:
+    cmd = qfleet_cmd + ["train", "--actors", "2", "--max-seconds", "120", "--run-dir", str(run_dir), "--name", "run",
+                        "--set", "run.stop_when_solved=false", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=python_env(),
+                            start_new_session=True)
+
+
+def wait_training(run: Path, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and any('"learner/updates": 0,' not in l and '"learner/updates"' in l
+                                    for l in metrics.read_text().splitlines()):
+            return json.loads((run / "processes.json").read_text())
+        time.sleep(0.2)
+    raise AssertionError("training never started")
+
+
+def assert_all_gone(pids, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.1)
+    assert not alive, f"processes left behind: {alive}"
+
+
+@pytest.mark.parametrize("victim", ["replay", "learner"])
+def test_dead_core_component_stops_the_run(qfleet_cmd, tmp_path, victim):
+    proc = start(qfleet_cmd, tmp_path)
+    try:
+        pids = wait_training(tmp_path / "run")
+        os.kill(pids[victim], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, output[-2000:]
+    assert f"error: the {victim} (pid {pids[victim]}) exited with code -9; stopping the run" in output
+    assert "Traceback" not in output
+    assert_all_gone(pids.values())
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 130), (signal.SIGINT, 130)])
+def test_signal_stops_everything_within_five_seconds(qfleet_cmd, tmp_path, sig, code):
+    proc = start(qfleet_cmd, tmp_path)
+    try:
+        pids = wait_training(tmp_path / "run")
+        sent = time.monotonic()
+        # SIGINT as a terminal's Ctrl-C sends it: to the whole foreground process group.
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == code, output[-2000:]
+    assert took < 5.0, f"took {took:.1f} s"
+    assert "stopped (interrupted)" in output
+    assert_all_gone(pids.values(), timeout=0.5)
+    assert (tmp_path / "run" / "checkpoint.npz").exists(), "the learner writes its checkpoint on the way out"
+
+
+def test_dead_launcher_takes_its_components_down(qfleet_cmd, tmp_path):
+    proc = start(qfleet_cmd, tmp_path)
+    try:
+        pids = wait_training(tmp_path / "run")
+        proc.kill()  # SIGKILL: no chance to clean up; the children must notice on their own
+        proc.wait(10)
+        assert_all_gone(pids.values(), timeout=5.0)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
