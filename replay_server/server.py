@@ -97,8 +97,8 @@ class ReplayServer:
                 return
 
     # -- inserts -----------------------------------------------------------------------
-    def _handle_insert(self, frames: list) -> bool:
-        """Returns False when the rate limiter holds this batch (stop reading inserts)."""
+    def _decode_insert(self, frames: list) -> Optional[m.InsertBatch]:
+        """The insert batch in `frames`, or None after counting why it was rejected."""
         self.counts["insert_messages"] += 1
         try:
             msg = decode(frames, self.schemas, max_bytes=self.max_message_bytes)
@@ -106,13 +106,18 @@ class ReplayServer:
                 raise CodecError("unknown_type", f"'{msg.type}' sent to the insert socket, which takes only inserts")
         except CodecError as exc:
             self._reject(exc, "insert")
-            return True
+            return None
         batch = m.unpack(m.InsertBatch, msg)
         if len(batch.action) > self.max_insert_batch:
             self._reject(CodecError("oversized", f"insert of {len(batch.action)} transitions; the limit is "
                                                  f"{self.max_insert_batch}"), "insert", transitions=len(batch.action))
-            return True
-        if self._try_store(batch):
+            return None
+        return batch
+
+    def _handle_insert(self, frames: list) -> bool:
+        """Returns False when the rate limiter holds this batch (stop reading inserts)."""
+        batch = self._decode_insert(frames)
+        if batch is None or self._try_store(batch):
             return True
         self._held_insert = batch
         self._held_since = time.monotonic()
@@ -127,17 +132,10 @@ class ReplayServer:
             self._try_store(self._held_insert, force=True)
             self._held_insert = None
         while time.monotonic() < deadline and self._pull.poll(int(quiet_s * 1000)):
-            frames = self._pull.recv_multipart(copy=False)
             read += 1
-            self.counts["insert_messages"] += 1
-            try:
-                msg = decode(frames, self.schemas, max_bytes=self.max_message_bytes)
-                if msg.type != m.INSERT:
-                    raise CodecError("unknown_type", f"'{msg.type}' sent to the insert socket")
-            except CodecError as exc:
-                self._reject(exc, "insert")
-                continue
-            self._try_store(m.unpack(m.InsertBatch, msg), force=True)
+            batch = self._decode_insert(self._pull.recv_multipart(copy=False))
+            if batch is not None:
+                self._try_store(batch, force=True)
         return read
 
     def _try_store(self, batch: m.InsertBatch, force: bool = False) -> bool:
