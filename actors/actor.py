@@ -25,7 +25,7 @@ FINAL_FLUSH_S = 1.0  # at stop, how long pending transitions may wait for the re
 class Actor:
     def __init__(self, *, cfg: ActorConfig, index: int, num_actors: int, env: EnvSpec, net: NetSpec,
                  replay: ReplayClient, weights: WeightSubscriber, max_insert_batch: int, seed: int = 0,
-                 telemetry: Optional[Telemetry] = None):
+                 telemetry: Optional[Telemetry] = None, sent_file: Optional[str] = None):
         self.cfg, self.index = cfg, index
         self.env_spec, self.replay, self.weights = env, replay, weights
         self.max_insert_batch = max_insert_batch
@@ -46,6 +46,9 @@ class Actor:
         self._lengths: list[int] = []
         self._lags_ms: list[float] = []
         self._versions_applied = 0
+        # The count of transitions handed to ZeroMQ, in a file the launcher can read even
+        # after a SIGKILL: what a killed actor lost is exactly this minus what was stored.
+        self._sent_file = None if sent_file is None else np.memmap(sent_file, np.int64, "w+", shape=(1,))
 
     def run(self, should_stop: Callable[[], bool], max_env_steps: int = 0) -> dict:
         cfg = self.cfg
@@ -129,13 +132,16 @@ class Actor:
                         return
             self.seq += 1
             self.sent += len(chunk["action"])
+            if self._sent_file is not None:
+                self._sent_file[0] = self.sent
 
     def _report(self, elapsed: float) -> None:
         values = {"env_steps": self.env_steps, "transitions_sent": self.sent, "insert_messages": self.seq,
                   "weights_version": self.version, "versions_applied": self._versions_applied,
                   "env_steps_per_s": self.env_steps / max(elapsed, 1e-9), "blocked_s": self.blocked_s,
                   "epsilon_mean": float(self.schedule.epsilons().mean()), "weights_rejected":
-                  sum(self.weights.rejected.values())}
+                  sum(self.weights.rejected.values()), "schedule_env_steps": self.schedule.env_steps,
+                  "schedule_episodes": self.schedule.episodes, "weights_epoch": self.weights.epoch}
         self.telemetry.report(values, np.array(self._returns, np.float32), np.array(self._lengths, np.int32),
                               np.array(self._lags_ms, np.float32))
         self._returns.clear()

@@ -71,8 +71,9 @@ class ReplayConfig:
     """ZeroMQ high-water mark (messages) on the insert socket: how much queues before actors block."""
     sample_wait_s: float = setting(1.0, gt=0)
     """How long a sample request may wait for the rate limiter before it is answered 'rate_limited'."""
-    snapshot_every_s: float = setting(0.0, ge=0)
-    """Seconds between periodic snapshots of the replay contents; 0 disables them."""
+    snapshot_every_s: float = setting(30.0, ge=0)
+    """Seconds between periodic snapshots of the replay contents (atomic, the newest two are
+    kept); a restarted replay server resumes from the newest. 0 disables them."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,9 @@ class LearnerConfig:
     """Evaluation mean that counts as solved; None uses the environment's reward threshold."""
     sample_timeout_s: float = setting(10.0, gt=0)
     """How long the learner waits for a batch before reporting the replay server as dead."""
-    checkpoint_every_s: float = setting(0.0, ge=0)
-    """Seconds between periodic checkpoints; 0 writes only the final one."""
+    checkpoint_every_s: float = setting(30.0, ge=0)
+    """Seconds between periodic checkpoints (atomic); a restarted learner resumes from the
+    newest. 0 writes only the final one."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,9 @@ class RunConfig:
     """Seconds between live status lines."""
     max_actor_restarts: int = setting(20, ge=0)
     """Crashed-actor restarts before the run gives up."""
+    max_core_restarts: int = setting(3, ge=0)
+    """Restarts of a crashed replay server (from its newest snapshot) or learner (from its
+    newest checkpoint) before the run gives up; 0 stops the run at the first crash."""
 
 
 @dataclass(frozen=True)

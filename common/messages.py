@@ -85,9 +85,13 @@ class ErrorReply(NamedTuple):
 
 
 class Weights(NamedTuple):
+    """Versioned parameters. `epoch` counts learner (re)starts: a restarted learner resumes
+    from its checkpoint with an older version number, and the higher epoch tells actors to
+    take it anyway."""
     version: int
     published_at: float
     params: dict  # name -> float32 array
+    epoch: int = 0
 
 
 class Report(NamedTuple):
@@ -131,7 +135,8 @@ def replay_schemas(obs_shape: Sequence[int], obs_dtype: Any, max_batch: int = 1 
 def weights_schema(param_shapes: dict[str, tuple[int, ...]]) -> MessageSchema:
     """Schema of a Weights message for one network (parameter names and exact shapes)."""
     arrays = tuple(ArraySpec(name, "<f4", tuple(shape)) for name, shape in param_shapes.items())
-    return MessageSchema(WEIGHTS, 1, {"version": (_INT, True), "published_at": (_NUM, True)}, arrays)
+    return MessageSchema(WEIGHTS, 1, {"version": (_INT, True), "published_at": (_NUM, True),
+                                      "epoch": (_INT, True)}, arrays)
 
 
 REPORT_SCHEMA = MessageSchema(

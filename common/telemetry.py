@@ -6,6 +6,7 @@ stalling an actor or the learner.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
@@ -18,6 +19,7 @@ from common.sockets import CurveKeys, make_socket, send_nowait
 class Telemetry:
     def __init__(self, endpoint: Optional[str], role: str, index: int = 0, keys: Optional[CurveKeys] = None):
         self.role, self.index = role, index
+        self._pid = os.getpid()  # tells a restarted component's reports from its predecessor's
         self._sock = None
         if endpoint:
             self._sock = make_socket(zmq.Context.instance(), zmq.PUSH, hwm=256, keys=keys)
@@ -28,7 +30,7 @@ class Telemetry:
                episode_lengths: Optional[np.ndarray] = None, lag_ms: Optional[np.ndarray] = None) -> None:
         if self._sock is None:
             return
-        msg = m.Report(self.role, self.index, values,
+        msg = m.Report(self.role, self.index, {**values, "pid": self._pid},
                        None if episode_returns is None else np.asarray(episode_returns, np.float32),
                        None if episode_lengths is None else np.asarray(episode_lengths, np.int32),
                        None if lag_ms is None else np.asarray(lag_ms, np.float32))

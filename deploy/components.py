@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from common.config import QfleetConfig
+from common.config_loader import config_to_dict
 from common.envs import EnvSpec
 from common.errors import QfleetError
 from common.netspec import NetSpec
@@ -36,6 +37,19 @@ class Wiring:
     replay_insert: str = ""
     replay_request: str = ""
     weights: str = ""
+
+
+@dataclass(frozen=True)
+class Start:
+    """How one component process starts: fixed ports (a restart binds the ports its
+    predecessor had, so peers reconnect by themselves), whether it resumes saved state
+    (replay: newest snapshot; learner: the checkpoint), and which incarnation it is."""
+
+    ports: tuple = ()
+    resume: bool = False
+    epoch: int = 0            # learner: weights epoch (restarts win over older versions)
+    incarnation: int = 0      # actor: restarts so far, for fresh randomness
+    schedule: Optional[dict] = None  # actor: exploration state to continue from
 
 
 @dataclass(frozen=True)
@@ -74,59 +88,102 @@ def _run_component(role: str, index: int, place: Placement, body: Callable[[Stop
     telemetry.close()
 
 
-def _wait_wiring(control: Connection, stop: StopFlag) -> Optional[Wiring]:
-    waited = 0.0
-    while not stop.is_set() and waited < WIRING_TIMEOUT_S:
-        if control.poll(0.1):
-            return control.recv()
-        waited += 0.1
-    if stop.is_set():
+def sent_file(place: Placement, index: int, incarnation: int) -> Optional[str]:
+    """Where actor `index` (its `incarnation`-th process) keeps its sent-transition count."""
+    if not place.run_dir:
         return None
-    raise QfleetError(f"no wiring from the launcher within {WIRING_TIMEOUT_S:g} s")
+    os.makedirs(os.path.join(place.run_dir, "counters"), exist_ok=True)
+    return os.path.join(place.run_dir, "counters", f"actor-{index}.{incarnation}.sent")
 
 
-def replay_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, snapshot_dir: Optional[str] = None,
-                resume: bool = False) -> None:
+def _in_run_dir(place: Placement, name: str) -> Optional[str]:
+    return os.path.join(place.run_dir, name) if place.run_dir else None
+
+
+class ControlChannel:
+    """The launcher's messages to one component: a Wiring first, then (for the learner) run
+    state dicts, of which only the latest matters."""
+
+    def __init__(self, control: Connection):
+        self._control = control
+        self._state: dict = {}
+
+    def wait_wiring(self, stop: StopFlag) -> Optional[Wiring]:
+        waited = 0.0
+        while not stop.is_set() and waited < WIRING_TIMEOUT_S:
+            if self._control.poll(0.1):
+                message = self._control.recv()
+                if isinstance(message, Wiring):
+                    return message
+            waited += 0.1
+        if stop.is_set():
+            return None
+        raise QfleetError(f"no wiring from the launcher within {WIRING_TIMEOUT_S:g} s")
+
+    def run_state(self) -> dict:
+        try:
+            while self._control.poll(0):
+                message = self._control.recv()
+                if isinstance(message, dict):
+                    self._state = message
+        except (EOFError, OSError):
+            pass
+        return self._state
+
+
+def replay_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: "Start") -> None:
     def body(stop: StopFlag, telemetry: Telemetry) -> None:
         from replay_server.build import build_replay_server
 
+        insert_port, request_port = start.ports or (0, 0)
         server = build_replay_server(cfg.replay, env, max_sample_batch=cfg.learner.batch_size * cfg.learner.batches_per_request,
-                                     host=place.host, keys=place.keys, snapshot_dir=snapshot_dir, seed=cfg.run.seed)
-        if resume and server.snapshots is not None:
-            path = server.snapshots.load_latest(server.table)
-            log.info("resumed replay from %s (%d transitions)", path, server.table.size)
-        telemetry.report({"event": "ready", "insert": server.insert_endpoint, "request": server.request_endpoint})
+                                     host=place.host, insert_port=insert_port, request_port=request_port,
+                                     keys=place.keys, snapshot_dir=_in_run_dir(place, "replay"), seed=cfg.run.seed)
+        restored = server.restore() if start.resume else None
+        if restored:
+            log.info("replay restored from %s (%d transitions)", restored, server.table.size)
+        telemetry.report({"event": "ready", "insert": server.insert_endpoint, "request": server.request_endpoint,
+                          "restored_from": restored or "", "size": server.table.size,
+                          "restored_stored": sum(server.stored_by_actor.values())})
         try:
             server.serve(stop.is_set)
             server.drain(quiet_s=0.3, max_s=2.0)  # keep what stopping actors still hand over
+            if server.snapshots is not None:
+                server.snapshot()  # a clean stop leaves everything stored on disk for --resume
             telemetry.report({"event": "finished", **server.stats()})
         finally:
             server.close()
     _run_component("replay", 0, place, body)
 
 
-def learner_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, control: Connection,
+def learner_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, control: Connection, start: "Start",
                  solved_threshold: Optional[float]) -> None:
     def body(stop: StopFlag, telemetry: Telemetry) -> None:
         from learner.backend import resolve_device
+        from learner.checkpoint import load_checkpoint
         from learner.learner import Learner
         from learner.publisher import WeightPublisher
         from replay_server.client import ReplayClient
 
         spec = net_spec(cfg, env)
-        publisher = WeightPublisher(spec=spec, host=place.host, keys=place.keys, republish_s=cfg.learner.republish_s)
+        publisher = WeightPublisher(spec=spec, host=place.host, port=start.ports[0] if start.ports else 0,
+                                    keys=place.keys, republish_s=cfg.learner.republish_s, epoch=start.epoch)
         telemetry.report({"event": "ready", "weights": publisher.endpoint})
-        wiring = _wait_wiring(control, stop)
+        channel = ControlChannel(control)
+        wiring = channel.wait_wiring(stop)
         if wiring is None:
             return
         replay = ReplayClient(obs_shape=env.obs_shape, obs_dtype=env.obs_dtype, request_endpoint=wiring.replay_request,
                               keys=place.keys, timeout=cfg.learner.sample_timeout_s)
         device = resolve_device(cfg.learner.device)
+        checkpoint = _in_run_dir(place, "checkpoint.npz")
         learner = Learner(cfg=cfg.learner, spec=spec, env_id=env.env_id, solved_threshold=solved_threshold,
                           replay=replay, publisher=publisher, device=device, seed=cfg.run.seed, telemetry=telemetry,
-                          checkpoint_path=Path(place.run_dir) / "checkpoint.npz" if place.run_dir else None,
-                          max_updates=cfg.run.max_updates, meta={"env": cfg.run.env})
-        log.info("learner on %s (%s backend)", device, learner.backend)
+                          checkpoint_path=Path(checkpoint) if checkpoint else None, max_updates=cfg.run.max_updates,
+                          meta={"env": cfg.run.env, "config": config_to_dict(cfg)}, run_state=channel.run_state)
+        if start.resume and checkpoint and Path(checkpoint).exists():
+            learner.restore(*load_checkpoint(checkpoint))
+        log.info("learner on %s (%s backend), epoch %d", device, learner.backend, start.epoch)
         summary = learner.run(stop.is_set)
         telemetry.report({"event": "finished", **{k: v for k, v in summary.items() if v is not None}})
         publisher.close()
@@ -134,21 +191,26 @@ def learner_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, control: Con
     _run_component("learner", 0, place, body)
 
 
-def actor_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, control: Connection, index: int) -> None:
+def actor_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, control: Connection, index: int,
+               start: "Start") -> None:
     def body(stop: StopFlag, telemetry: Telemetry) -> None:
         from actors.actor import Actor
         from actors.weights import WeightSubscriber
         from replay_server.client import ReplayClient
 
-        wiring = _wait_wiring(control, stop)
+        wiring = ControlChannel(control).wait_wiring(stop)
         if wiring is None:
             return
         replay = ReplayClient(obs_shape=env.obs_shape, obs_dtype=env.obs_dtype, insert_endpoint=wiring.replay_insert,
                               keys=place.keys, insert_hwm=4)
         weights = WeightSubscriber(spec=net_spec(cfg, env), endpoint=wiring.weights, keys=place.keys)
+        # A restarted actor gets fresh randomness, not a replay of its predecessor's.
         actor = Actor(cfg=cfg.actor, index=index, num_actors=cfg.run.actors, env=env, net=net_spec(cfg, env),
                       replay=replay, weights=weights, max_insert_batch=cfg.replay.max_insert_batch,
-                      seed=cfg.run.seed, telemetry=telemetry)
+                      seed=cfg.run.seed + 7919 * start.incarnation, telemetry=telemetry,
+                      sent_file=sent_file(place, index, start.incarnation))
+        if start.schedule:
+            actor.schedule.load(start.schedule)
         actor.run(stop.is_set)
         weights.close()
         replay.close(linger_s=1.0)  # let the last inserts reach the draining replay server

@@ -12,7 +12,7 @@ from common import messages as m
 
 
 class Progress:
-    def __init__(self, num_actors: int):
+    def __init__(self, num_actors: int, resumed: Optional[dict] = None):
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.actors: dict[int, dict] = {}
@@ -20,7 +20,6 @@ class Progress:
         self.replay: dict = {}
         self.evals: list[dict] = []
         self.returns100: deque = deque(maxlen=100)
-        self.episodes = 0
         self.new_episodes: list[tuple[float, int, float, int]] = []  # (elapsed, actor, return, length)
         self.lags_ms: list[float] = []
         self.solved_after_s: Optional[float] = None
@@ -31,6 +30,13 @@ class Progress:
         self.replay_final = False  # replay stats are the server's own final count
         self.num_actors = num_actors
         self._rates: dict[str, tuple[float, float]] = {}
+        # Counters of actor processes that died (their successors count from zero), and of
+        # the run this one resumes.
+        self.retired_sent: dict[int, int] = {}
+        self.retired_steps = 0
+        self.resumed = dict(resumed or {})
+        self.episodes = int(self.resumed.get("episodes", 0))
+        self.schedules: dict[int, dict] = {}
 
     @property
     def elapsed(self) -> float:
@@ -55,6 +61,8 @@ class Progress:
             self.replay_final = True
         elif report.role == "actor":
             self.actors[report.index] = dict(v)
+            self.schedules[report.index] = {"env_steps": v.get("schedule_env_steps", 0),
+                                            "episodes": v.get("schedule_episodes", 0)}
         elif report.role == "learner":
             self.learner = dict(v)
         if report.episode_returns is not None and len(report.episode_returns):
@@ -66,12 +74,46 @@ class Progress:
         if report.lag_ms is not None and len(report.lag_ms):
             self.lags_ms.extend(report.lag_ms.tolist())
 
+    def retire_actor(self, index: int, sent_exact: Optional[int] = None) -> None:
+        """An actor process died: keep its counts (its successor reports from zero).
+        `sent_exact` is its own final count, when it could be read; else its last report."""
+        last = self.actors.pop(index, {})
+        self.retired_steps += last.get("env_steps", 0)
+        sent = last.get("transitions_sent", 0) if sent_exact is None else sent_exact
+        self.retired_sent[index] = self.retired_sent.get(index, 0) + sent
+
+    def schedule_for(self, index: int) -> Optional[dict]:
+        """Exploration state for (a successor of) actor `index`: its own last report, the
+        resumed run's state for that index, or the resumed run's average per actor."""
+        if index in self.schedules:
+            return self.schedules[index]
+        saved = self.resumed.get("schedules", {})
+        if str(index) in saved:
+            return saved[str(index)]
+        if self.resumed:
+            n = max(1, self.num_actors)
+            return {"env_steps": int(self.resumed.get("env_steps", 0)) // n,
+                    "episodes": int(self.resumed.get("episodes", 0)) // n}
+        return None
+
+    def run_state(self) -> dict:
+        """What a checkpoint keeps of the run besides the learner: counters and exploration."""
+        return {"env_steps": self.env_steps(), "episodes": self.episodes,
+                "schedules": {str(i): self.schedule_for(i) for i in range(self.num_actors)
+                              if self.schedule_for(i) is not None}}
+
     # -- derived numbers ---------------------------------------------------------------
     def env_steps(self) -> int:
-        return sum(a.get("env_steps", 0) for a in self.actors.values())
+        return (int(self.resumed.get("env_steps", 0)) + self.retired_steps
+                + sum(a.get("env_steps", 0) for a in self.actors.values()))
+
+    def sent_by_actor(self) -> dict[int, int]:
+        indices = set(self.actors) | set(self.retired_sent)
+        return {i: self.retired_sent.get(i, 0) + self.actors.get(i, {}).get("transitions_sent", 0)
+                for i in sorted(indices)}
 
     def sent(self) -> int:
-        return sum(a.get("transitions_sent", 0) for a in self.actors.values())
+        return sum(self.sent_by_actor().values())
 
     def rate(self, key: str, value: float) -> float:
         """Per-second rate of a counter since the previous call with the same key."""

@@ -9,6 +9,7 @@ raises QfleetTimeout naming the replay server.
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -21,6 +22,7 @@ from common.errors import QfleetTimeout, RemoteError
 from replay_server.client import ReplayClient
 
 RETRYABLE = ("rate_limited", "busy")
+log = logging.getLogger("qfleet.learner")
 
 
 class Prefetcher:
@@ -38,6 +40,7 @@ class Prefetcher:
         self.latencies: deque = deque(maxlen=2048)  # seconds from request to reply
         self.wait_s = 0.0                          # time the training thread spent waiting
         self.rate_limited = 0
+        self.errors = 0
         self._thread = threading.Thread(target=self._run, daemon=True, name="qfleet-prefetch")
 
     def start(self) -> "Prefetcher":
@@ -87,9 +90,13 @@ class Prefetcher:
                     continue
                 sent = pending.pop(rid, None)
                 if isinstance(reply, RemoteError):
-                    if reply.reason not in RETRYABLE:
-                        raise reply
-                    self.rate_limited += 1
+                    if reply.reason in RETRYABLE:
+                        self.rate_limited += 1
+                    elif sent is None:  # not about a pending sample (e.g. a rejected priority update)
+                        self.errors += 1
+                        log.warning("replay server: %s", reply)
+                    else:
+                        raise reply     # our own sample request is wrong: retrying cannot help
                     continue
                 self._last_reply = time.monotonic()
                 if sent is not None:
