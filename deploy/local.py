@@ -243,17 +243,18 @@ class LocalLauncher:
         return (130 if reason == "interrupted" else 0), reason
 
     def _shutdown(self) -> None:
-        """SIGTERM everything at once: actors hand over pending transitions while the replay
-        server drains its insert socket (rate limiter bypassed) and snapshots, and the learner
-        writes its checkpoint; SIGKILL whatever is still alive after SHUTDOWN_GRACE_S."""
-        for child in self.children:
-            if child.process.exitcode is None:
-                child.process.terminate()
+        """Stop actors and the replay server first: actors hand over what is pending while
+        the server drains its insert socket (rate limiter bypassed) and snapshots. Once the
+        actors' final counts are in, the learner gets them and stops, writing its checkpoint.
+        Whatever is still alive after SHUTDOWN_GRACE_S is killed."""
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        for child in self.children:
-            while child.process.exitcode is None and time.monotonic() < deadline:
-                child.process.join(0.05)
-                self._drain_telemetry(0.0)
+        learner = self.children.get("learner")
+        first = [c for c in self.children if c is not learner]
+        self._terminate(first, time.monotonic() + 0.6 * SHUTDOWN_GRACE_S, wait_for=[c for c in first if c.role == "actor"])
+        if learner is not None:
+            self.children.send("learner", self.progress.run_state())
+            self._terminate([learner], deadline, wait_for=[learner])
+        self._terminate([], deadline, wait_for=list(self.children))
         for child in self.children:
             if child.process.exitcode is None:
                 self.say(f"{child.name} did not stop within {SHUTDOWN_GRACE_S:g} s; killing it")
@@ -262,6 +263,17 @@ class LocalLauncher:
         self._drain_telemetry(0.1)
         if self.replay_client is not None:
             self.replay_client.close()
+
+    def _terminate(self, targets: list[Child], until: float, wait_for: list[Child]) -> None:
+        """SIGTERM `targets`, then wait (reading reports) until `wait_for` exited or `until`."""
+        for child in targets:
+            if child.process.exitcode is None:
+                child.process.terminate()
+        for child in wait_for:
+            while child.process.exitcode is None and time.monotonic() < until:
+                child.process.join(0.05)
+                self._drain_telemetry(0.0)
+        self._drain_telemetry(0.0)
 
     def close(self) -> None:
         self.metrics.close()

@@ -29,7 +29,7 @@ def check_compatible(meta: dict, spec: NetSpec, env_id: str) -> None:
     """CheckpointError naming every difference between a checkpoint and this run."""
     saved = meta.get("net_spec") or {}
     current = spec._asdict()
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {current[k]!r}" for k in current
+    diffs = [f"{k}: checkpoint {_plain(saved.get(k))!r}, this run {_plain(current[k])!r}" for k in current
              if _plain(saved.get(k)) != _plain(current[k])]
     if meta.get("env_id") != env_id:
         diffs.append(f"env: checkpoint {meta.get('env_id')!r}, this run {env_id!r}")
@@ -80,7 +80,9 @@ class Learner:
                 if self.max_updates and self.update.updates >= self.max_updates:
                     break
                 self.prefetcher.beta = self._beta()
-                batch = self.prefetcher.get()
+                batch = self.prefetcher.get(should_stop)
+                if batch is None:
+                    break
                 td, self._last_loss = self.update.step(batch)
                 self.prefetcher.send_priorities(batch["keys"], td + cfg.priority_eps)
                 if self.update.updates % cfg.publish_every == 0:

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -51,11 +51,12 @@ class Prefetcher:
         self._stop.set()
         self._thread.join(5)
 
-    def get(self) -> dict[str, np.ndarray]:
-        """The next batch; waits at most timeout_s (then the replay server counts as gone)."""
+    def get(self, should_stop: Callable[[], bool] = lambda: False) -> Optional[dict[str, np.ndarray]]:
+        """The next batch, or None once `should_stop()`; waits at most timeout_s (then the
+        replay server counts as gone)."""
         started = time.monotonic()
         try:
-            while True:
+            while not should_stop():
                 if self._error is not None:
                     raise self._error
                 try:
@@ -64,6 +65,7 @@ class Prefetcher:
                     if time.monotonic() - started > self.timeout_s:
                         raise QfleetTimeout(f"no sample from the replay server for {self.timeout_s:g} s "
                                             f"(last reply {time.monotonic() - self._last_reply:.1f} s ago)") from None
+            return None
         finally:
             self.wait_s += time.monotonic() - started
 
