@@ -282,12 +282,11 @@ class LocalLauncher:
 
     def summary(self, reason: str) -> dict:
         p = self.progress
-        best = max(p.evals, key=lambda e: e["eval_mean"]) if p.evals else None
         return {"reason": reason, "env": self.cfg.run.env, "solved": p.solved_after_s is not None,
                 "solved_after_s": p.solved_after_s, "solved_wall_time": p.solved_wall,
                 "started_wall_time": p.started_wall, "elapsed_s": p.elapsed, "env_steps": p.env_steps(),
                 "transitions_sent": p.sent(), "sent_by_actor": {str(i): n for i, n in p.sent_by_actor().items()},
-                "updates": p.learner.get("updates", 0), "best_eval": best, "evaluations": len(p.evals),
+                "updates": p.learner.get("updates", 0), "best_eval": p.best_eval, "evaluations": p.evaluations,
                 "episodes": p.episodes, "actor_restarts": self.actor_restarts, "core_restarts": self.core_restarts,
                 "faults": [{k: v for k, v in f.items() if not k.startswith("_")} for f in self.faults],
                 "replay": p.replay, "learner": p.learner_summary,
