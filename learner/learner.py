@@ -46,7 +46,7 @@ class Learner:
                  replay: ReplayClient, publisher: WeightPublisher, device: str, seed: int = 0,
                  telemetry: Optional[Telemetry] = None, checkpoint_path: Optional[Path] = None,
                  max_updates: int = 0, meta: Optional[dict] = None,
-                 run_state: Callable[[], dict] = dict):
+                 run_state: Callable[[], dict] = dict, on_checkpoint: Callable[[Path], None] = lambda path: None):
         self.cfg, self.spec, self.env_id = cfg, spec, env_id
         self.solved_threshold = solved_threshold
         self.device = device
@@ -61,6 +61,7 @@ class Learner:
         self.max_updates = max_updates
         self.meta = dict(meta or {})
         self.run_state = run_state  # the launcher's counters (env steps, exploration), kept in checkpoints
+        self.on_checkpoint = on_checkpoint  # e.g. ship the file to the launcher when it runs elsewhere
         self.version = 0
         self.best: Optional[EvalResult] = None
         self.best_params: Optional[dict] = None
@@ -159,7 +160,9 @@ class Learner:
         meta = {**self.meta, **self.summary(), "net_spec": self.spec._asdict(), "env_id": self.env_id,
                 "policy_eval": best, "evaluations": self.evaluator.evaluations, "run_state": self.run_state(),
                 "saved_at": time.time()}
-        return save_checkpoint(self.checkpoint_path, arrays, meta)
+        path = save_checkpoint(self.checkpoint_path, arrays, meta)
+        self.on_checkpoint(path)
+        return path
 
     def restore(self, arrays: dict, meta: dict) -> None:
         """Continue from a checkpoint: weights, optimizer, counters, best policy, solved flag."""
