@@ -155,13 +155,14 @@ class Launcher:
             return "update budget reached"
         return None
 
-    def _tick(self) -> None:
+    def _tick(self, final: bool = False) -> None:
         self._poll_replay()
         tick = self.progress.snapshot()
         self.metrics.write(tick)
         for elapsed, actor, ret, length in self.progress.take_episodes():
             self.episodes.write(f"{elapsed:.3f},{actor},{ret:g},{length}\n")
-        self._send_run_state(self.progress.run_state())  # kept in the learner's checkpoints
+        if not final:  # after shutdown there is no learner to tell
+            self._send_run_state(self.progress.run_state())  # kept in the learner's checkpoints
         self.say(self.progress.status_line(tick))
 
     def _wait_ready(self, roles: set, dead: Callable[[], Optional[str]]) -> None:
@@ -199,7 +200,7 @@ class Launcher:
             failure, reason = str(exc), "failed"
         finally:
             self._shutdown()
-        self._tick()
+        self._tick(final=True)
         if failure:
             self.say(f"error: {failure}")
             return 1, reason
