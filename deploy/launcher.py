@@ -165,6 +165,14 @@ class Launcher:
             self._send_run_state(self.progress.run_state())  # kept in the learner's checkpoints
         self.say(self.progress.status_line(tick))
 
+    def _write_endpoints(self) -> None:
+        """Where the components listen (addresses only, never keys), for operators and tests."""
+        ready = self.progress.ready
+        (self.run_dir / "endpoints.json").write_text(json.dumps(
+            {"replay_insert": ready["replay"]["insert"], "replay_request": ready["replay"]["request"],
+             "weights": ready["learner"]["weights"], "telemetry": self.telemetry_endpoint,
+             "curve": self.keys is not None}, indent=1))
+
     def _wait_ready(self, roles: set, dead: Callable[[], Optional[str]]) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not roles <= set(self.progress.ready):

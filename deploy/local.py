@@ -47,6 +47,7 @@ class LocalLauncher(Launcher):
         self._wait_ready({"replay", "learner"}, self._failed_to_start)
         replay, learner = self.progress.ready["replay"], self.progress.ready["learner"]
         self.children.wire(Wiring(replay["insert"], replay["request"], learner["weights"]))
+        self._write_endpoints()
         self.replay_client = ReplayClient(obs_shape=self.env.obs_shape, obs_dtype=self.env.obs_dtype,
                                           request_endpoint=replay["request"], timeout=0.5)
 

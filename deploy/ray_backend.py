@@ -118,6 +118,7 @@ class RayLauncher(Launcher):
         self._wait_ready({"replay", "learner"}, self._dead_on_arrival)
         replay, learner = self.progress.ready["replay"], self.progress.ready["learner"]
         self.wiring = Wiring(replay["insert"], replay["request"], learner["weights"])
+        self._write_endpoints()
         for hosted in self.hosts.values():
             if hosted.role != "replay":
                 hosted.handle.wire.remote(self.wiring)

@@ -135,7 +135,8 @@ def final_message(s: dict) -> str:
         f"episodes (min {best['eval_min']:.0f}, max {best['eval_max']:.0f}, weights v{best['eval_version']})")
     head = (f"solved {s['env']} in {s['solved_after_s']:.1f} s" if s["solved"]
             else f"stopped ({s['reason']}) after {s['elapsed_s']:.1f} s")
+    logs = "logs/" if s.get("backend") != "ray" else "component logs on their nodes under /tmp/qfleet/"
     return (f"qfleet: {head}: {ev}\n"
             f"qfleet: {s['env_steps']:,} env steps, {s['updates']:,} updates, {s['episodes']:,} episodes, "
             f"{s['actor_restarts']} actor restart(s)\n"
-            f"qfleet: run directory {s['run_dir']} (config.yaml, metrics.jsonl, episodes.csv, checkpoint.npz, logs/)")
+            f"qfleet: run directory {s['run_dir']} (config.yaml, metrics.jsonl, episodes.csv, checkpoint.npz; {logs})")

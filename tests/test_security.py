@@ -99,3 +99,12 @@ def test_subscribing_needs_the_run_keys(keys):
     time.sleep(0.3)
     assert outsider.poll() is None and outsider.received == 0
     member.close(), outsider.close(), publisher.close()
+
+
+def test_keys_never_show_in_text():
+    from deploy.components import Placement
+
+    keys = CurveKeys.generate()
+    texts = [repr(keys), str(keys), repr(Placement(telemetry="tcp://h:1", keys=keys)), f"{keys}"]
+    for secret in (keys.server_secret, keys.client_secret, keys.client_public):
+        assert not any(secret.decode() in text for text in texts)
