@@ -47,6 +47,9 @@ class Launcher:
         self.episodes = open(run_dir / "episodes.csv", "a", buffering=1)
         if self.episodes.tell() == 0:
             self.episodes.write("elapsed_s,actor,return,length\n")
+        self.lags = open(run_dir / "policy_lag.csv", "a", buffering=1)
+        if self.lags.tell() == 0:
+            self.lags.write("elapsed_s,actor,unit,lag\n")
         self._files: dict[str, object] = {}
 
     # -- to be provided by a backend ---------------------------------------------------------
@@ -161,6 +164,8 @@ class Launcher:
         self.metrics.write(tick)
         for elapsed, actor, ret, length in self.progress.take_episodes():
             self.episodes.write(f"{elapsed:.3f},{actor},{ret:g},{length}\n")
+        for elapsed, actor, unit, lag in self.progress.take_lags():
+            self.lags.write(f"{elapsed:.3f},{actor},{unit},{lag:.3f}\n")
         if not final:  # after shutdown there is no learner to tell
             self._send_run_state(self.progress.run_state())  # kept in the learner's checkpoints
         self.say(self.progress.status_line(tick))
@@ -217,6 +222,7 @@ class Launcher:
     def close(self) -> None:
         self.metrics.close()
         self.episodes.close()
+        self.lags.close()
         self.telemetry.close(0)
 
     def summary(self, reason: str) -> dict:

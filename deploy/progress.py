@@ -23,6 +23,9 @@ class Progress:
         self.evaluations = 0
         self.returns100: deque = deque(maxlen=100)
         self.new_episodes: list[tuple[float, int, float, int]] = []  # (elapsed, actor, return, length)
+        self.new_lags: list[tuple[float, int, str, float]] = []       # (elapsed, actor, "ms"|"versions", value)
+        self._version_probes: deque = deque(maxlen=100_000)           # (elapsed, actor, its version)
+        self._learner_versions: deque = deque(maxlen=4)               # (elapsed, learner version)
         self.lags_ms: deque = deque(maxlen=10_000)  # newest publish -> first use delays
         self.solved_after_s: Optional[float] = None
         self.solved_wall: Optional[float] = None
@@ -79,6 +82,13 @@ class Progress:
             self.episodes += len(report.episode_returns)
         if report.lag_ms is not None and len(report.lag_ms):
             self.lags_ms.extend(report.lag_ms.tolist())
+            now = self.elapsed
+            self.new_lags += [(now, report.index, "ms", x) for x in report.lag_ms.tolist()]
+        if report.role == "actor" and event is None and v.get("weights_version", -1) >= 0:
+            self._version_probes.append((self.elapsed, report.index, v["weights_version"]))
+        if report.role == "learner" and event is None and "version" in v:
+            self._learner_versions.append((self.elapsed, v["version"]))
+            self._resolve_version_lags()
 
     def retire_actor(self, index: int, sent_exact: Optional[int] = None) -> None:
         """An actor process died: keep its counts (its successor reports from zero).
@@ -155,8 +165,12 @@ class Progress:
             "learner/loss": self.learner.get("loss"),
             "learner/version": self.learner.get("version"),
             "learner/data_wait_fraction": self.learner.get("data_wait_fraction"),
+            "learner/data_wait_s": self.learner.get("data_wait_s"),
+            "learner/sample_latency_p50_ms": self.learner.get("sample_latency_p50_ms"),
+            "learner/sample_latency_p99_ms": self.learner.get("sample_latency_p99_ms"),
             "replay/size": self.replay.get("size"),
             "replay/stored": self.replay.get("stored"),
+            "replay/sampled": self.replay.get("sampled"),
             "replay/samples_per_insert": self.replay.get("samples_per_insert"),
             "replay/rejected": self.replay.get("rejected"),
             "train/episodes": self.episodes,
@@ -179,4 +193,22 @@ class Progress:
 
     def take_episodes(self) -> list[tuple[float, int, float, int]]:
         rows, self.new_episodes = self.new_episodes, []
+        return rows
+
+    def _resolve_version_lags(self) -> None:
+        """Versions behind for each actor report between the last two learner reports, with
+        the learner's version interpolated at the actor report's time (learner reports are
+        0.5 s apart, a dozen versions at a few hundred updates/s)."""
+        if len(self._learner_versions) < 2:
+            return
+        (t0, v0), (t1, v1) = self._learner_versions[-2], self._learner_versions[-1]
+        while self._version_probes and self._version_probes[0][0] <= t1:
+            t, actor, version = self._version_probes.popleft()
+            if t < t0:
+                continue
+            learner = v0 + (v1 - v0) * (t - t0) / (t1 - t0) if t1 > t0 else v1
+            self.new_lags.append((t, actor, "versions", max(0.0, learner - version)))
+
+    def take_lags(self) -> list[tuple[float, int, str, float]]:
+        rows, self.new_lags = self.new_lags, []
         return rows

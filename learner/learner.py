@@ -134,7 +134,7 @@ class Learner:
         self.telemetry.report({
             "updates": self.update.updates, "version": self.version, "loss": self._last_loss,
             "updates_per_s": self.update.updates / max(elapsed, 1e-9),
-            "data_wait_fraction": self.prefetcher.wait_s / max(elapsed, 1e-9),
+            "data_wait_fraction": self.prefetcher.wait_s / max(elapsed, 1e-9), "data_wait_s": self.prefetcher.wait_s,
             "sample_latency_p50_ms": float(np.percentile(lat, 50) * 1e3),
             "sample_latency_p99_ms": float(np.percentile(lat, 99) * 1e3),
             "rate_limited": self.prefetcher.rate_limited, "beta": self._beta(), "elapsed_s": elapsed,
