@@ -26,7 +26,7 @@ from common.codec import decode
 from common.config import QfleetConfig
 from common.envs import EnvSpec
 from common.errors import CodecError, QfleetTimeout
-from common.metrics import JsonlWriter
+from common.metrics import MetricsWriter
 from common.sockets import bind, make_socket
 from deploy.children import Child, Children, port_of
 from deploy.components import Placement, Start, Wiring, sent_file
@@ -43,6 +43,7 @@ class LocalLauncher:
                  stop: StopFlag, say: Callable[[str], None] = print, resume_state: Optional[dict] = None):
         self.cfg, self.env, self.run_dir = cfg, env, run_dir
         self.stop, self.say = stop, say
+        self.solved_threshold = solved_threshold
         self.resume_state = resume_state  # the checkpoint's run_state when resuming, else None
         self.telemetry = make_socket(zmq.Context.instance(), zmq.PULL, hwm=10_000, server=True)
         place = Placement(telemetry=bind(self.telemetry, "127.0.0.1"), host="127.0.0.1", run_dir=str(run_dir))
@@ -52,10 +53,7 @@ class LocalLauncher:
         self.actor_restarts = 0
         self.core_restarts = 0
         self.faults: list[dict] = []
-        self.metrics = JsonlWriter(run_dir / "metrics.jsonl")
-        self.episodes = open(run_dir / "episodes.csv", "a", buffering=1)
-        if self.episodes.tell() == 0:
-            self.episodes.write("elapsed_s,actor,return,length\n")
+        self.metrics = MetricsWriter(run_dir=run_dir, started_wall=self.progress.started_wall)
 
     # -- starting ------------------------------------------------------------------------
     def _start(self) -> None:
@@ -100,9 +98,8 @@ class LocalLauncher:
             self.progress.take(report)
             event = report.values.get("event")
             if event == "eval":
-                self.metrics.write({"time/elapsed_s": round(self.progress.elapsed, 3),
-                                    **{f"eval/{k[5:] if k.startswith('eval_') else k}": v
-                                       for k, v in report.values.items() if k != "event"}})
+                self.metrics.write(Progress.eval_metrics(report.values), step=self.progress.env_steps(),
+                                   elapsed_s=self.progress.elapsed)
             self._note_recovery(report)
 
     def _note_recovery(self, report: m.Report) -> None:
@@ -196,12 +193,11 @@ class LocalLauncher:
 
     def _tick(self) -> None:
         self._poll_replay()
-        tick = self.progress.snapshot()
-        self.metrics.write(tick)
-        for elapsed, actor, ret, length in self.progress.take_episodes():
-            self.episodes.write(f"{elapsed:.3f},{actor},{ret:g},{length}\n")
+        elapsed, tick = self.progress.elapsed, self.progress.snapshot()
+        self.metrics.episodes(self.progress.take_episodes())
+        self.metrics.write(tick, step=tick["actors/env_steps"], elapsed_s=elapsed)
         self.children.send("learner", self.progress.run_state())  # kept in its checkpoints
-        self.say(self.progress.status_line(tick))
+        self.say(self.progress.status_line(tick, elapsed))
 
     def run(self) -> tuple[int, str]:
         """Start, supervise until a stop reason, shut down. Returns (exit code, reason)."""
@@ -254,13 +250,13 @@ class LocalLauncher:
 
     def close(self) -> None:
         self.metrics.close()
-        self.episodes.close()
         self.telemetry.close(0)
 
     def summary(self, reason: str) -> dict:
         p = self.progress
         best = max(p.evals, key=lambda e: e["eval_mean"]) if p.evals else None
-        return {"reason": reason, "env": self.cfg.run.env, "solved": p.solved_after_s is not None,
+        return {"algorithm": "dqn", "reason": reason, "env": self.cfg.run.env,
+                "solved_threshold": self.solved_threshold, "solved": p.solved_after_s is not None,
                 "solved_after_s": p.solved_after_s, "solved_wall_time": p.solved_wall,
                 "started_wall_time": p.started_wall, "elapsed_s": p.elapsed, "env_steps": p.env_steps(),
                 "transitions_sent": p.sent(), "sent_by_actor": {str(i): n for i, n in p.sent_by_actor().items()},

@@ -10,6 +10,7 @@ from common.config import QfleetConfig
 from common.config_loader import load_config, save_config
 from common.envs import EnvSpec, describe_env
 from common.errors import ConfigError
+from deploy.eval_command import add_gif_options
 from deploy.processes import StopFlag
 from replay_server.build import effective_error_buffer
 from replay_server.rate_limiter import RateLimiter
@@ -33,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("local", "ray"), help="where to run (default local)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint and replay snapshot "
                    "(its config.yaml is the base; --set and flags such as --actors still apply)")
+    p.add_argument("--gif", action="store_true",
+                   help="after the run, record the best-evaluated agent as RUN_DIR/agent.gif")
+    p.add_argument("--no-plot", action="store_true", help="do not draw RUN_DIR/plot.png after the run")
+    add_gif_options(p)
 
 
 def resolve(args: argparse.Namespace) -> tuple[QfleetConfig, EnvSpec]:
@@ -114,7 +119,32 @@ def run(args: argparse.Namespace) -> int:
         launcher.close()
     write_summary(run_dir, summary)
     print(final_message(summary), flush=True)
+    after_run(run_dir, args, cfg.run.seed)
     return code
+
+
+def after_run(run_dir: Path, args: argparse.Namespace, seed: int) -> None:
+    """The learning-curve plot and, with --gif, the agent's GIF (each skipped with a note if it cannot be made)."""
+    from common.errors import QfleetError
+
+    if not args.no_plot:
+        from common.plotting import load_run, plot_runs
+
+        try:
+            print(f"qfleet: learning curves in {plot_runs([load_run(run_dir)], run_dir / 'plot.png')}", flush=True)
+        except QfleetError as exc:
+            print(f"qfleet: no plot: {exc}", flush=True)
+    if args.gif:
+        from deploy.eval_command import write_gif
+        from learner.checkpoint import load_policy
+        from learner.evaluation import greedy_policy
+
+        try:
+            saved = load_policy(run_dir)
+            print("qfleet: " + write_gif(greedy_policy(saved.spec, saved.params), describe_env(saved.env),
+                                         run_dir / "agent.gif", args, seed), flush=True)
+        except QfleetError as exc:
+            print(f"qfleet: no GIF: {exc}", flush=True)
 
 
 def final_message(s: dict) -> str:
@@ -127,4 +157,5 @@ def final_message(s: dict) -> str:
     return (f"qfleet: {head}: {ev}\n"
             f"qfleet: {s['env_steps']:,} env steps, {s['updates']:,} updates, {s['episodes']:,} episodes, "
             f"{s['actor_restarts']} actor restart(s)\n"
-            f"qfleet: run directory {s['run_dir']} (config.yaml, metrics.jsonl, episodes.csv, checkpoint.npz, logs/)")
+            f"qfleet: run directory {s['run_dir']} (config.yaml, metrics.jsonl, TensorBoard events, episodes.csv, "
+            f"checkpoint.npz, logs/)")
