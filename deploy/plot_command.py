@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.errors import ConfigError
+from common.errors import ConfigError, QfleetError
 from common.plotting import X_AXES, load_run, plot_runs
 
 
@@ -32,3 +32,11 @@ def run(args: argparse.Namespace) -> int:
               + ("" if best is None else f", best greedy mean {best:.1f}"))
     print(f"wrote {out} ({args.width} x {args.height} pixels)")
     return 0
+
+
+def plot_run_dir(run_dir: Path) -> str:
+    """RUN_DIR/plot.png at the end of a run; returns a line saying what happened."""
+    try:
+        return f"learning curves in {plot_runs([load_run(run_dir)], run_dir / 'plot.png')}"
+    except QfleetError as exc:
+        return f"no plot: {exc}"

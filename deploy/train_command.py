@@ -68,13 +68,15 @@ def resolve(args: argparse.Namespace) -> tuple[QfleetConfig, EnvSpec]:
     return cfg, env
 
 
-def make_run_dir(cfg: QfleetConfig) -> Path:
-    name = cfg.run.name or f"{cfg.run.env.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.run_dir) / name
+def make_run_dir(root: str, name: str, label: str) -> Path:
+    """root/name, or for an empty name a fresh root/<label>-<time>[-N]."""
+    fresh = not name
+    name = name or f"{label.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(root) / name
     suffix = 1
-    while run_dir.exists() and not cfg.run.name:
+    while run_dir.exists() and fresh:
         suffix += 1
-        run_dir = Path(cfg.run.run_dir) / f"{name}-{suffix}"
+        run_dir = Path(root) / f"{name}-{suffix}"
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         resume_state = check_resume(run_dir, cfg, env)
     else:
-        run_dir = make_run_dir(cfg)
+        run_dir = make_run_dir(cfg.run.run_dir, cfg.run.name, cfg.run.env)
     save_config(cfg, run_dir / "config.yaml")
     print(f"qfleet: {'resuming' if resume_state is not None else 'training'} {env.env_id} with {cfg.run.actors} "
           f"actor(s) x {cfg.actor.envs_per_actor} envs; solved at greedy mean >= {cfg.learner.solved_threshold}; "
@@ -128,12 +130,9 @@ def after_run(run_dir: Path, args: argparse.Namespace, seed: int) -> None:
     from common.errors import QfleetError
 
     if not args.no_plot:
-        from common.plotting import load_run, plot_runs
+        from deploy.plot_command import plot_run_dir
 
-        try:
-            print(f"qfleet: learning curves in {plot_runs([load_run(run_dir)], run_dir / 'plot.png')}", flush=True)
-        except QfleetError as exc:
-            print(f"qfleet: no plot: {exc}", flush=True)
+        print("qfleet: " + plot_run_dir(run_dir), flush=True)
     if args.gif:
         from deploy.eval_command import write_gif
         from learner.checkpoint import load_policy
