@@ -1,7 +1,7 @@
 """Learning-curve figures from run directories (what `qfleet plot` draws).
 
 Panel 1: every training episode's return (light points), its 100-episode moving average
-(line) and the greedy evaluations (markers with their min-max range), against env steps,
+(line) and the greedy evaluations (markers with +-1 std bars), against env steps,
 episodes or seconds. Panel 2: throughput over time, env steps/s (solid) and updates/s
 (dashed). Several runs share the figure, one color each. Everything is read from the files
 `common.metrics.MetricsWriter` writes, so DQN runs and baselines compare directly.
@@ -38,9 +38,8 @@ def load_run(run_dir: str | Path) -> RunData:
     csv, jsonl = run_dir / "episodes.csv", run_dir / "metrics.jsonl"
     if not csv.is_file() and not jsonl.is_file():
         raise RunDirError(f"{run_dir} is not a run directory (no episodes.csv or metrics.jsonl in it)")
-    episodes = np.zeros((0, 5))
-    if csv.is_file() and csv.stat().st_size:
-        episodes = np.loadtxt(csv, delimiter=",", skiprows=1, ndmin=2)
+    rows = [line.split(",") for line in csv.read_text().splitlines()[1:]] if csv.is_file() else []
+    episodes = np.array([r for r in rows if len(r) == 5], float).reshape(-1, 5)  # a live run's last line may be partial
     records = read_jsonl(jsonl) if jsonl.is_file() else []
     if len(episodes) == 0 and not records:
         raise RunDirError(f"{run_dir} holds no episodes or metrics yet")
@@ -92,10 +91,9 @@ def plot_runs(runs: list[RunData], out: str | Path, *, x_axis: str = "steps", wi
             ex = _x_of(run, x_axis, np.array([e["step"] for e in run.evals], float),
                        np.array([e["time/elapsed_s"] for e in run.evals], float))
             mean = np.array([e["eval/return_mean"] for e in run.evals], float)
-            lo = np.array([e.get("eval/return_min", m) for e, m in zip(run.evals, mean)], float)
-            hi = np.array([e.get("eval/return_max", m) for e, m in zip(run.evals, mean)], float)
-            curve.errorbar(ex, mean, yerr=[mean - lo, hi - mean], fmt="o", ms=5, color=color, mec="black",
-                           mew=0.6, elinewidth=0.8, alpha=0.9, label=f"{run.name}: greedy evaluation (min-max)")
+            std = np.array([e.get("eval/return_std") or 0.0 for e in run.evals], float)
+            curve.errorbar(ex, mean, yerr=std, fmt="o", ms=5, color=color, mec="black", mew=0.6, elinewidth=0.8,
+                           capsize=2, alpha=0.9, label=f"{run.name}: greedy evaluation (mean +- std)")
         if run.threshold is not None:
             thresholds.add(run.threshold)
         if run.ticks:

@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a field, e.g. reinforce.lr=0.005 (qfleet config --docs lists them)")
     p.add_argument("--run-dir", help="folder for run directories (default runs)")
     p.add_argument("--name", help="run name (default <method>-<env>-<time>)")
-    p.add_argument("--gif", action="store_true", help="after the run, record the final policy as RUN_DIR/agent.gif")
+    p.add_argument("--gif", action="store_true", help="after the run, record the final policy (random search: the best found) as RUN_DIR/agent.gif")
     p.add_argument("--no-plot", action="store_true", help="do not draw RUN_DIR/plot.png after the run")
     add_gif_options(p)
 
@@ -124,7 +124,8 @@ class BaselineRun:
         dt = max(now - t0, 1e-9)
         self._last = (now, self.env_steps, updates)
         tick = {"actors/env_steps": self.env_steps, "actors/env_steps_per_s": (self.env_steps - steps0) / dt,
-                "learner/updates": updates, "learner/updates_per_s": (updates - updates0) / dt,
+                **({"learner/updates": updates, "learner/updates_per_s": (updates - updates0) / dt}
+                   if self.learner.gradient_updates else {}),
                 "train/episodes": self.episodes,
                 "train/return_mean100": float(np.mean(self.returns100)) if self.returns100 else None,
                 **self.learner.metrics()}

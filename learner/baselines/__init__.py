@@ -7,6 +7,8 @@ policies and REINFORCE. Each is a small single-process learner with one role:
         ... played.returns, played.lengths ...
         evaluate(learner.greedy(), ...)    # obs -> action scores; the argmax is played
         learner.metrics()                  # namespaced numbers for the metrics files
+        learner.updates                    # policy changes so far; gradient steps when
+                                           # learner.gradient_updates (then reported as learner/updates)
     learner.close()
 
 `deploy/baseline_command.py` runs that loop and writes the same files as `qfleet train`.

@@ -27,6 +27,8 @@ def linear_policy(weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
 
 
 class RandomSearch:
+    gradient_updates = False  # `updates` counts replacements of the best policy, not learning steps
+
     def __init__(self, *, cfg: RandomSearchConfig, env: EnvSpec, seed: int = 0):
         self.cfg, self.env, self.seed = cfg, env, seed
         self.rng = np.random.default_rng(seed)

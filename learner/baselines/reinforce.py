@@ -63,6 +63,8 @@ def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
 
 
 class Reinforce:
+    gradient_updates = True  # `updates` counts gradient steps
+
     def __init__(self, *, cfg: ReinforceConfig, env: EnvSpec, seed: int = 0):
         self.cfg, self.env, self.seed = cfg, env, seed
         self.rng = np.random.default_rng(seed)
