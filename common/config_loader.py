@@ -100,7 +100,8 @@ def _read_file(path: Path, sections: dict[str, type]) -> dict[str, dict[str, Any
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     unknown = set(data) - set(sections)
     if unknown:
-        raise ConfigError(f"config file {path}: unknown section(s) {sorted(unknown)}; the sections are {list(sections)}")
+        raise ConfigError(f"config file {path}: unknown section(s) {sorted(unknown)}; "
+                          f"the sections are {list(sections)}")
     return data
 
 

@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a field, e.g. reinforce.lr=0.005 (qfleet config --docs lists them)")
     p.add_argument("--run-dir", help="folder for run directories (default runs)")
     p.add_argument("--name", help="run name (default <method>-<env>-<time>)")
-    p.add_argument("--gif", action="store_true", help="after the run, record the final policy (random search: the best found) as RUN_DIR/agent.gif")
+    p.add_argument("--gif", action="store_true",
+                   help="after the run, record the final policy (random search: the best found) as RUN_DIR/agent.gif")
     p.add_argument("--no-plot", action="store_true", help="do not draw RUN_DIR/plot.png after the run")
     add_gif_options(p)
 
@@ -141,8 +142,8 @@ class BaselineRun:
         return {"algorithm": method, "reason": reason, "env": self.cfg.env, "solved_threshold": self.threshold,
                 "solved": self.solved_after_s is not None, "solved_after_s": self.solved_after_s,
                 "elapsed_s": self.elapsed, "env_steps": self.env_steps, "episodes": self.episodes,
-                "updates": self.learner.updates, "best_eval": best, "final_eval": self.evals[-1] if self.evals else None,
-                "evaluations": len(self.evals), "run_dir": str(run_dir)}
+                "updates": self.learner.updates, "best_eval": best, "evaluations": len(self.evals),
+                "final_eval": self.evals[-1] if self.evals else None, "run_dir": str(run_dir)}
 
 
 def run(args: argparse.Namespace) -> int:

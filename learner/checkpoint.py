@@ -77,7 +77,8 @@ def load_policy(path: str | Path) -> Policy:
         spec = NetSpec(**{**raw, "obs_shape": tuple(raw["obs_shape"]), "hidden": tuple(raw["hidden"])})
         env = str(meta["env_id"])
     except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path} has no usable network description ({exc!r} missing or malformed)") from None
+        raise CheckpointError(f"checkpoint {path} has no usable network description "
+                              f"({exc!r} missing or malformed)") from None
     params = {k[len("policy/"):]: v for k, v in arrays.items() if k.startswith("policy/")}
     expected = param_shapes(spec)
     got = {k: tuple(v.shape) for k, v in params.items()}

@@ -5,8 +5,7 @@ import pytest
 from common.config import RandomSearchConfig, ReinforceConfig
 from common.envs import describe_env
 from learner.baselines.random_search import RandomSearch, linear_policy
-from learner.baselines.reinforce import PolicyNet, discounted_returns, softmax
-from learner.baselines.reinforce import Reinforce
+from learner.baselines.reinforce import PolicyNet, Reinforce, discounted_returns, softmax
 from learner.evaluation import evaluate
 
 EVAL_SEED = 12345
