@@ -49,7 +49,9 @@ def make_socket(ctx: zmq.Context, kind: int, *, hwm: int = DEFAULT_HWM, server: 
     """A socket with explicit HWM, linger, reconnect and heartbeat settings.
 
     `server=True` marks the binding side (for CURVE: it holds the server key pair).
-    `max_message_bytes` makes ZeroMQ drop the connection of a peer that sends a bigger frame.
+    `max_message_bytes` is the application's limit on a whole message: the decoder rejects
+    and counts bigger messages. ZeroMQ itself drops the connection of a peer whose single
+    frame exceeds twice that, so a hostile peer cannot make us buffer arbitrary amounts.
 
     PUSH/PULL get no ZMTP heartbeats: while the rate limiter holds inserts, the server's
     I/O thread stops reading the stream, a PING queued behind the data never arrives, and
@@ -69,7 +71,7 @@ def make_socket(ctx: zmq.Context, kind: int, *, hwm: int = DEFAULT_HWM, server: 
         sock.setsockopt(zmq.SNDBUF, STREAM_BUFFER_BYTES)
         sock.setsockopt(zmq.RCVBUF, STREAM_BUFFER_BYTES)
     if max_message_bytes is not None:
-        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_bytes)
     if kind == zmq.ROUTER:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # replies to vanished peers are dropped, not errors
     if keys is not None:

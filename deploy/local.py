@@ -111,7 +111,7 @@ class LocalLauncher:
         if fault is None or (report.role != "actor" and report.values.get("event") != "ready"):
             return
         fault["recovered_after_s"] = round(time.monotonic() - fault["_t"], 3)
-        fault["sent_at_recovery"] = self.progress.sent()
+        fault["sent_at_recovery"] = self._sent_exact()
         if report.role == "replay":
             fault["restored_from"] = report.values.get("restored_from") or None
             fault["restored_transitions"] = report.values.get("size", 0)
@@ -122,7 +122,7 @@ class LocalLauncher:
 
     def _record_fault(self, child: Child, code: int) -> None:
         self.faults.append({"name": child.name, "role": child.role, "pid": child.process.pid, "exit_code": code,
-                            "at_s": round(self.progress.elapsed, 3), "sent_at_fault": self.progress.sent(),
+                            "at_s": round(self.progress.elapsed, 3), "sent_at_fault": self._sent_exact(),
                             "recovered_after_s": None, "_t": time.monotonic()})
 
     def _check_children(self) -> Optional[str]:
@@ -154,6 +154,17 @@ class LocalLauncher:
                      f"{what} ({self.core_restarts} of {self.cfg.run.max_core_restarts} restart(s))")
             self.children.spawn(child.role, self._restart_start(child), restarts=child.restarts + 1)
         return None
+
+    def _sent_exact(self) -> int:
+        """Transitions all actors have handed to ZeroMQ so far, from their counter files
+        (reports can be half a second old); falls back to reports where there is no file."""
+        total = sum(self.progress.retired_sent.values())
+        for child in self.children:
+            if child.role == "actor":
+                exact = self._read_sent(child)
+                total += exact if exact is not None else \
+                    self.progress.actors.get(child.index, {}).get("transitions_sent", 0)
+        return total
 
     def _read_sent(self, child: Child) -> Optional[int]:
         path = sent_file(self.children.place, child.index, child.start.incarnation)
