@@ -80,7 +80,9 @@ class Learner:
                 if self.max_updates and self.update.updates >= self.max_updates:
                     break
                 self.prefetcher.beta = self._beta()
-                batch = self.prefetcher.get()
+                batch = self.prefetcher.get(should_stop)
+                if batch is None:
+                    break  # stopping while waiting for data: go on to the final checkpoint
                 td, self._last_loss = self.update.step(batch)
                 self.prefetcher.send_priorities(batch["keys"], td + cfg.priority_eps)
                 if self.update.updates % cfg.publish_every == 0:

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -51,8 +51,10 @@ class Prefetcher:
         self._stop.set()
         self._thread.join(5)
 
-    def get(self) -> dict[str, np.ndarray]:
-        """The next batch; waits at most timeout_s (then the replay server counts as gone)."""
+    def get(self, should_stop: Callable[[], bool] = lambda: False) -> Optional[dict[str, np.ndarray]]:
+        """The next batch; None if `should_stop()` turns true while waiting (at shutdown the
+        replay server stops serving first); waits at most timeout_s (then the replay server
+        counts as gone)."""
         started = time.monotonic()
         try:
             while True:
@@ -61,6 +63,8 @@ class Prefetcher:
                 try:
                     return self._batches.get(timeout=0.05)
                 except queue.Empty:
+                    if should_stop():
+                        return None
                     if time.monotonic() - started > self.timeout_s:
                         raise QfleetTimeout(f"no sample from the replay server for {self.timeout_s:g} s "
                                             f"(last reply {time.monotonic() - self._last_reply:.1f} s ago)") from None
