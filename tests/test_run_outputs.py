@@ -163,3 +163,10 @@ def test_user_env_by_import_path_trains_end_to_end(qfleet_cmd, tmp_path):
     assert saved.spec.obs_shape == (2, 3) and saved.env == env
     out = qfleet(qfleet_cmd, "eval", tmp_path / "u", "--episodes", 10, "--gif", tmp_path / "u.gif")
     assert "greedy return over 10 episode(s)" in out.stdout and gif_frames(tmp_path / "u.gif")[2] == (90, 20)
+
+
+def test_budget_spent_before_the_first_update_stops_cleanly(qfleet_cmd, tmp_path):
+    out = qfleet(qfleet_cmd, "train", "--max-seconds", 1, "--run-dir", tmp_path, "--name", "r", "--no-plot")
+    assert "stopped (time budget reached)" in out.stdout and "error" not in out.stdout + out.stderr
+    for log in (tmp_path / "r" / "logs").glob("*.log"):
+        assert " ERROR " not in log.read_text(), log.read_text()[-2000:]
