@@ -114,17 +114,20 @@ class MetricsWriter:
     """
 
     def __init__(self, *, run_dir: str | Path, tensorboard: bool = True, started_wall: Optional[float] = None):
-        run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir)
         self.started_wall = time.time() if started_wall is None else started_wall
-        self._jsonl = JsonlWriter(run_dir / "metrics.jsonl")
-        self._tb = TensorBoardEvents(run_dir) if tensorboard else None
-        self._csv = open(run_dir / "episodes.csv", "a", buffering=1)
+        self._jsonl = JsonlWriter(self.run_dir / "metrics.jsonl")
+        self._tensorboard = tensorboard
+        self._tb: Optional[TensorBoardEvents] = None  # opened at the first record: the launcher starts sooner
+        self._csv = open(self.run_dir / "episodes.csv", "a", buffering=1)
         if self._csv.tell() == 0:
             self._csv.write(EPISODES_HEADER + "\n")
 
     def write(self, values: dict, *, step: int, elapsed_s: float) -> None:
         """One record: `values` (namespaced names; None for 'not known yet') at `step` env steps."""
         self._jsonl.write({"step": int(step), "time/elapsed_s": round(elapsed_s, 3), **values})
+        if self._tensorboard and self._tb is None:
+            self._tb = TensorBoardEvents(self.run_dir)
         if self._tb is not None:
             self._tb.scalars({k: v for k, v in values.items() if v is not None and not isinstance(v, str)},
                              step, self.started_wall + elapsed_s)
