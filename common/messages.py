@@ -101,6 +101,7 @@ class Report(NamedTuple):
     episode_returns: Optional[np.ndarray] = None
     episode_lengths: Optional[np.ndarray] = None
     lag_ms: Optional[np.ndarray] = None  # publish -> first use of each weights version applied
+    data: Optional[np.ndarray] = None    # a chunk of a shipped file (event "file")
 
 
 def transition_arrays(obs_shape: Sequence[int], obs_dtype: Any) -> tuple[ArraySpec, ...]:
@@ -143,7 +144,8 @@ REPORT_SCHEMA = MessageSchema(
     REPORT, 1, {"role": (_STR, True), "index": (_INT, True)},
     (ArraySpec("episode_returns", "<f4", (BATCH,), optional=True),
      ArraySpec("episode_lengths", "<i4", (BATCH,), optional=True),
-     ArraySpec("lag_ms", "<f4", (None,), optional=True)),
+     ArraySpec("lag_ms", "<f4", (None,), optional=True),
+     ArraySpec("data", "|u1", (None,), optional=True)),
     max_batch=1 << 16, open_meta=True)
 
 

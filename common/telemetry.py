@@ -13,7 +13,7 @@ import numpy as np
 import zmq
 
 from common import messages as m
-from common.sockets import CurveKeys, make_socket, send_nowait
+from common.sockets import CurveKeys, make_socket, send_frames, send_nowait
 
 
 class Telemetry:
@@ -38,6 +38,17 @@ class Telemetry:
             send_nowait(self._sock, m.pack(m.REPORT_SCHEMA, msg))
         except zmq.Again:
             self.dropped += 1
+
+    def send_file(self, name: str, path: str, chunk_bytes: int = 1 << 20, timeout_s: float = 10.0) -> None:
+        """Ship a file to the launcher in chunks (blocking: a file must arrive whole)."""
+        if self._sock is None:
+            return
+        data = np.fromfile(path, np.uint8)
+        for offset in range(0, max(len(data), 1), chunk_bytes):
+            msg = m.Report(self.role, self.index, {"event": "file", "name": name, "offset": offset,
+                                                   "total": len(data), "pid": self._pid},
+                           data=data[offset:offset + chunk_bytes])
+            send_frames(self._sock, m.pack(m.REPORT_SCHEMA, msg), timeout_s, f"file {name}")
 
     def close(self) -> None:
         if self._sock is not None:

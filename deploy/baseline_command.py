@@ -147,7 +147,7 @@ class BaselineRun:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deploy.local import write_summary
+    from deploy.launcher import write_summary
     from deploy.plot_command import plot_run_dir
     from deploy.train_command import make_run_dir
 

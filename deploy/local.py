@@ -13,47 +13,29 @@ reconnect by themselves), up to run.max_core_restarts times.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-import zmq
 
-from common import messages as m
-from common.codec import decode
 from common.config import QfleetConfig
 from common.envs import EnvSpec
-from common.errors import CodecError, QfleetTimeout
-from common.metrics import MetricsWriter
-from common.sockets import bind, make_socket
+from common.errors import QfleetTimeout
 from deploy.children import Child, Children, port_of
 from deploy.components import Placement, Start, Wiring, sent_file
+from deploy.launcher import SHUTDOWN_GRACE_S, Launcher
 from deploy.processes import StopFlag
-from deploy.progress import Progress
 from replay_server.client import ReplayClient
 
-STARTUP_TIMEOUT_S = 120.0
-SHUTDOWN_GRACE_S = 4.0
 
-
-class LocalLauncher:
+class LocalLauncher(Launcher):
     def __init__(self, cfg: QfleetConfig, env: EnvSpec, run_dir: Path, solved_threshold: Optional[float],
                  stop: StopFlag, say: Callable[[str], None] = print, resume_state: Optional[dict] = None):
-        self.cfg, self.env, self.run_dir = cfg, env, run_dir
-        self.stop, self.say = stop, say
-        self.solved_threshold = solved_threshold
-        self.resume_state = resume_state  # the checkpoint's run_state when resuming, else None
-        self.telemetry = make_socket(zmq.Context.instance(), zmq.PULL, hwm=10_000, server=True)
-        place = Placement(telemetry=bind(self.telemetry, "127.0.0.1"), host="127.0.0.1", run_dir=str(run_dir))
+        super().__init__(cfg, env, run_dir, stop, say, resume_state)
+        place = Placement(telemetry=self.telemetry_endpoint, host="127.0.0.1", run_dir=str(run_dir))
         self.children = Children(cfg, env, place, solved_threshold, run_dir)
-        self.progress = Progress(cfg.run.actors, resume_state or {})
         self.replay_client: Optional[ReplayClient] = None
-        self.actor_restarts = 0
-        self.core_restarts = 0
-        self.faults: list[dict] = []
-        self.metrics = MetricsWriter(run_dir=run_dir, started_wall=self.progress.started_wall)
 
     # -- starting ------------------------------------------------------------------------
     def _start(self) -> None:
@@ -62,71 +44,24 @@ class LocalLauncher:
         self.children.spawn("learner", Start(resume=resume))
         for i in range(self.cfg.run.actors):
             self.children.spawn("actor", Start(schedule=self.progress.schedule_for(i)), index=i)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not ({"replay", "learner"} <= set(self.progress.ready)):
-            if self.stop.is_set():
-                return
-            for child in self.children:
-                if child.role != "actor" and child.process.exitcode is not None:
-                    raise RuntimeError(f"the {child.role} failed to start (exit code {child.process.exitcode}): "
-                                       f"{'; '.join(self.progress.errors) or 'see ' + self._log(child)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"components not ready after {STARTUP_TIMEOUT_S:g} s: "
-                                   f"ready {sorted(self.progress.ready)}")
-            self._drain_telemetry(0.05)
+        self._wait_ready({"replay", "learner"}, self._failed_to_start)
         replay, learner = self.progress.ready["replay"], self.progress.ready["learner"]
         self.children.wire(Wiring(replay["insert"], replay["request"], learner["weights"]))
         self.replay_client = ReplayClient(obs_shape=self.env.obs_shape, obs_dtype=self.env.obs_dtype,
                                           request_endpoint=replay["request"], timeout=0.5)
 
+    def _failed_to_start(self) -> Optional[str]:
+        for child in self.children:
+            if child.role != "actor" and child.process.exitcode is not None:
+                return (f"the {child.role} failed to start (exit code {child.process.exitcode}): "
+                        f"{'; '.join(self.progress.errors) or 'see ' + self._log(child)}")
+        return None
+
     def _log(self, child: Child) -> str:
         return str(self.run_dir / "logs" / f"{child.name}.log")
 
     # -- supervising -----------------------------------------------------------------------
-    def _drain_telemetry(self, timeout_s: float) -> None:
-        if not self.telemetry.poll(int(timeout_s * 1000)):
-            return
-        while True:
-            try:
-                frames = self.telemetry.recv_multipart(copy=False, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                report = m.unpack(m.Report, decode(frames, {m.REPORT: m.REPORT_SCHEMA}))
-            except CodecError:
-                continue
-            self.progress.take(report)
-            event = report.values.get("event")
-            if event == "eval":
-                self.metrics.write(Progress.eval_metrics(report.values), step=self.progress.env_steps(),
-                                   elapsed_s=self.progress.elapsed)
-            self._note_recovery(report)
-
-    def _note_recovery(self, report: m.Report) -> None:
-        """Close the open fault of this component: a ready report (replay, learner) or the
-        first report of a restarted actor."""
-        name = report.role if report.role != "actor" else f"actor-{report.index}"
-        fault = next((f for f in self.faults if f["name"] == name and f["recovered_after_s"] is None
-                      and report.values.get("pid") != f["pid"]), None)
-        if fault is None or (report.role != "actor" and report.values.get("event") != "ready"):
-            return
-        fault["recovered_after_s"] = round(time.monotonic() - fault["_t"], 3)
-        fault["sent_at_recovery"] = self._sent_exact()
-        if report.role == "replay":
-            fault["restored_from"] = report.values.get("restored_from") or None
-            fault["restored_transitions"] = report.values.get("size", 0)
-            fault["restored_stored"] = report.values.get("restored_stored", 0)
-        self.say(f"{name} is back after {fault['recovered_after_s']:.1f} s"
-                 + (f" (restored {fault['restored_transitions']:,} transitions from its snapshot)"
-                    if report.role == "replay" else ""))
-
-    def _record_fault(self, child: Child, code: int) -> None:
-        self.faults.append({"name": child.name, "role": child.role, "pid": child.process.pid, "exit_code": code,
-                            "at_s": round(self.progress.elapsed, 3), "sent_at_fault": self._sent_exact(),
-                            "recovered_after_s": None, "_t": time.monotonic()})
-
     def _check_children(self) -> Optional[str]:
-        """Restart what died and may be restarted; a failure message when the run must stop."""
         for child in self.children:
             code = child.process.exitcode
             if code is None or (child.role == "learner" and code == 0):  # 0: update budget done
@@ -136,7 +71,7 @@ class LocalLauncher:
                     return f"{child.name} died (exit code {code}) and the restart limit " \
                            f"({self.cfg.run.max_actor_restarts}) is spent"
                 self.actor_restarts += 1
-                self._record_fault(child, code)
+                self._record_fault(child.name, child.role, child.process.pid, code, self._sent_exact())
                 self.say(f"{child.name} (pid {child.process.pid}) died with exit code {code}; restarting it "
                          f"({self.actor_restarts} restart(s) so far)")
                 self.progress.retire_actor(child.index, self._read_sent(child))
@@ -148,7 +83,7 @@ class LocalLauncher:
                 return (f"the {child.role} (pid {child.process.pid}) exited with code {code}; stopping the run "
                         f"(see {self._log(child)})")
             self.core_restarts += 1
-            self._record_fault(child, code)
+            self._record_fault(child.name, child.role, child.process.pid, code, self._sent_exact())
             what = "its newest snapshot" if child.role == "replay" else "its newest checkpoint"
             self.say(f"the {child.role} (pid {child.process.pid}) died with exit code {code}; restarting it from "
                      f"{what} ({self.core_restarts} of {self.cfg.run.max_core_restarts} restart(s))")
@@ -187,69 +122,27 @@ class LocalLauncher:
         except QfleetTimeout:
             pass
 
-    def _stop_reason(self) -> Optional[str]:
-        run, p = self.cfg.run, self.progress
-        if self.stop.is_set():
-            return "interrupted"
-        if p.solved_after_s is not None and run.stop_when_solved:
-            return "solved"
-        if p.elapsed >= run.max_seconds:
-            return "time budget reached"
-        if run.max_env_steps and p.env_steps() >= run.max_env_steps:
-            return "env-step budget reached"
+    def _send_run_state(self, state: dict) -> None:
+        self.children.send("learner", state)
+
+    def _learner_done(self) -> bool:
         learner = self.children.get("learner")
-        if learner is not None and learner.process.exitcode == 0:
-            return "update budget reached"
-        return None
+        return learner is not None and learner.process.exitcode == 0
 
-    def _tick(self) -> None:
-        self._poll_replay()
-        elapsed, tick = self.progress.elapsed, self.progress.snapshot()
-        self.metrics.episodes(self.progress.take_episodes())
-        self.metrics.write(tick, step=tick["actors/env_steps"], elapsed_s=elapsed)
-        self.children.send("learner", self.progress.run_state())  # kept in its checkpoints
-        self.say(self.progress.status_line(tick, elapsed))
-
-    def run(self) -> tuple[int, str]:
-        """Start, supervise until a stop reason, shut down. Returns (exit code, reason)."""
-        failure, reason = None, None
-        try:
-            self._start()
-            last_tick = time.monotonic()
-            while True:
-                self._drain_telemetry(0.02)
-                failure = self._check_children()
-                if failure:
-                    reason = "failed"
-                    break
-                reason = self._stop_reason()
-                if reason:
-                    break
-                if time.monotonic() - last_tick >= self.cfg.run.status_every_s:
-                    self._tick()
-                    last_tick = time.monotonic()
-        except RuntimeError as exc:
-            failure, reason = str(exc), "failed"
-        finally:
-            self._shutdown()
-        self._tick()
-        if failure:
-            self.say(f"error: {failure}")
-            return 1, reason
-        return (130 if reason == "interrupted" else 0), reason
-
+    # -- stopping ------------------------------------------------------------------------
     def _shutdown(self) -> None:
-        """SIGTERM everything at once: actors hand over pending transitions while the replay
-        server drains its insert socket (rate limiter bypassed) and snapshots, and the learner
-        writes its checkpoint; SIGKILL whatever is still alive after SHUTDOWN_GRACE_S."""
-        for child in self.children:
-            if child.process.exitcode is None:
-                child.process.terminate()
+        """Stop actors and the replay server first: actors hand over what is pending while
+        the server drains its insert socket (rate limiter bypassed) and snapshots. Once the
+        actors' final counts are in, the learner gets them and stops, writing its checkpoint.
+        Whatever is still alive after SHUTDOWN_GRACE_S is killed."""
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        for child in self.children:
-            while child.process.exitcode is None and time.monotonic() < deadline:
-                child.process.join(0.05)
-                self._drain_telemetry(0.0)
+        learner = self.children.get("learner")
+        first = [c for c in self.children if c is not learner]
+        self._terminate(first, time.monotonic() + 0.6 * SHUTDOWN_GRACE_S, wait_for=[c for c in first if c.role == "actor"])
+        if learner is not None:
+            self.children.send("learner", self.progress.run_state())
+            self._terminate([learner], deadline, wait_for=[learner])
+        self._terminate([], deadline, wait_for=list(self.children))
         for child in self.children:
             if child.process.exitcode is None:
                 self.say(f"{child.name} did not stop within {SHUTDOWN_GRACE_S:g} s; killing it")
@@ -259,25 +152,13 @@ class LocalLauncher:
         if self.replay_client is not None:
             self.replay_client.close()
 
-    def close(self) -> None:
-        self.metrics.close()
-        self.telemetry.close(0)
-
-    def summary(self, reason: str) -> dict:
-        p = self.progress
-        best = max(p.evals, key=lambda e: e["eval_mean"]) if p.evals else None
-        return {"algorithm": "dqn", "reason": reason, "env": self.cfg.run.env,
-                "solved_threshold": self.solved_threshold, "solved": p.solved_after_s is not None,
-                "solved_after_s": p.solved_after_s, "solved_wall_time": p.solved_wall,
-                "started_wall_time": p.started_wall, "elapsed_s": p.elapsed, "env_steps": p.env_steps(),
-                "transitions_sent": p.sent(), "sent_by_actor": {str(i): n for i, n in p.sent_by_actor().items()},
-                "updates": p.learner.get("updates", 0), "best_eval": best, "evaluations": len(p.evals),
-                "episodes": p.episodes, "actor_restarts": self.actor_restarts, "core_restarts": self.core_restarts,
-                "faults": [{k: v for k, v in f.items() if not k.startswith("_")} for f in self.faults],
-                "replay": p.replay, "learner": p.learner_summary,
-                "actors": {str(i): a for i, a in sorted(p.actors.items())},
-                "errors": p.errors, "run_dir": str(self.run_dir)}
-
-
-def write_summary(run_dir: Path, summary: dict) -> None:
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    def _terminate(self, targets: list[Child], until: float, wait_for: list[Child]) -> None:
+        """SIGTERM `targets`, then wait (reading reports) until `wait_for` exited or `until`."""
+        for child in targets:
+            if child.process.exitcode is None:
+                child.process.terminate()
+        for child in wait_for:
+            while child.process.exitcode is None and time.monotonic() < until:
+                child.process.join(0.05)
+                self._drain_telemetry(0.0)
+        self._drain_telemetry(0.0)

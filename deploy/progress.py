@@ -19,10 +19,12 @@ class Progress:
         self.actors: dict[int, dict] = {}
         self.learner: dict = {}
         self.replay: dict = {}
-        self.evals: list[dict] = []
+        self.evals: deque = deque(maxlen=1000)   # newest evaluations (all are in metrics.jsonl)
+        self.best_eval: Optional[dict] = None
+        self.evaluations = 0
         self.returns100: deque = deque(maxlen=100)
         self.new_episodes: list[Episode] = []
-        self.lags_ms: list[float] = []
+        self.lags_ms: deque = deque(maxlen=10_000)  # newest publish -> first use delays
         self.solved_after_s: Optional[float] = None
         self.solved_wall: Optional[float] = None
         self.ready: dict[str, dict] = {}
@@ -53,7 +55,11 @@ class Progress:
         elif event == "error":
             self.errors.append(f"{name}: {v.get('message')}")
         elif event == "eval":
-            self.evals.append({**v, "elapsed_s": self.elapsed})
+            record = {**v, "elapsed_s": self.elapsed}
+            self.evals.append(record)
+            self.evaluations += 1
+            if self.best_eval is None or record["eval_mean"] > self.best_eval["eval_mean"]:
+                self.best_eval = record
             if v.get("solved") and self.solved_after_s is None:
                 self.solved_after_s, self.solved_wall = self.elapsed, time.time()
         elif event == "finished" and report.role == "learner":
@@ -140,7 +146,7 @@ class Progress:
     def snapshot(self) -> dict:
         """The metrics of one status tick, with namespaced names (common.metrics.METRICS)."""
         steps, updates = self.env_steps(), self.learner.get("updates", 0)
-        lags = np.array(self.lags_ms[-1000:]) if self.lags_ms else None
+        lags = np.array(list(self.lags_ms)[-1000:]) if self.lags_ms else None
         return {
             "actors/env_steps": steps,
             "actors/env_steps_per_s": self.rate("steps", steps),

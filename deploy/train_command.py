@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"qfleet: {'resuming' if resume_state is not None else 'training'} {env.env_id} with {cfg.run.actors} "
           f"actor(s) x {cfg.actor.envs_per_actor} envs; solved at greedy mean >= {cfg.learner.solved_threshold}; "
           f"run directory {run_dir}", flush=True)
-    from deploy.local import LocalLauncher, write_summary
+    from deploy.launcher import write_summary
+    from deploy.local import LocalLauncher
 
     launcher = LocalLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop,
                              say=lambda line: print(line, flush=True), resume_state=resume_state)

@@ -30,7 +30,7 @@ def check_compatible(meta: dict, spec: NetSpec, env_id: str) -> None:
     """CheckpointError naming every difference between a checkpoint and this run."""
     saved = meta.get("net_spec") or {}
     current = spec._asdict()
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {current[k]!r}" for k in current
+    diffs = [f"{k}: checkpoint {_plain(saved.get(k))!r}, this run {_plain(current[k])!r}" for k in current
              if _plain(saved.get(k)) != _plain(current[k])]
     if meta.get("env_id") != env_id:
         diffs.append(f"env: checkpoint {meta.get('env_id')!r}, this run {env_id!r}")
@@ -47,7 +47,7 @@ class Learner:
                  replay: ReplayClient, publisher: WeightPublisher, device: str, seed: int = 0,
                  telemetry: Optional[Telemetry] = None, checkpoint_path: Optional[Path] = None,
                  max_updates: int = 0, meta: Optional[dict] = None,
-                 run_state: Callable[[], dict] = dict):
+                 run_state: Callable[[], dict] = dict, on_checkpoint: Callable[[Path], None] = lambda path: None):
         self.cfg, self.spec, self.env_id = cfg, spec, env_id
         self.solved_threshold = solved_threshold
         self.device = device
@@ -62,6 +62,7 @@ class Learner:
         self.max_updates = max_updates
         self.meta = dict(meta or {})
         self.run_state = run_state  # the launcher's counters (env steps, exploration), kept in checkpoints
+        self.on_checkpoint = on_checkpoint  # e.g. ship the file to the launcher when it runs elsewhere
         self.version = 0
         self.best: Optional[EvalResult] = None
         self.best_params: Optional[dict] = None
@@ -83,7 +84,7 @@ class Learner:
                 self.prefetcher.beta = self._beta()
                 batch = self.prefetcher.get(should_stop)
                 if batch is None:
-                    break  # stopping while waiting for data: go on to the final checkpoint
+                    break
                 td, self._last_loss = self.update.step(batch)
                 self.prefetcher.send_priorities(batch["keys"], td + cfg.priority_eps)
                 if self.update.updates % cfg.publish_every == 0:
@@ -161,7 +162,9 @@ class Learner:
         meta = {**self.meta, **self.summary(), "net_spec": self.spec._asdict(), "env_id": self.env_id,
                 "policy_eval": best, "evaluations": self.evaluator.evaluations, "run_state": self.run_state(),
                 "saved_at": time.time()}
-        return save_checkpoint(self.checkpoint_path, arrays, meta)
+        path = save_checkpoint(self.checkpoint_path, arrays, meta)
+        self.on_checkpoint(path)
+        return path
 
     def restore(self, arrays: dict, meta: dict) -> None:
         """Continue from a checkpoint: weights, optimizer, counters, best policy, solved flag."""

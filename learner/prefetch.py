@@ -52,22 +52,20 @@ class Prefetcher:
         self._thread.join(5)
 
     def get(self, should_stop: Callable[[], bool] = lambda: False) -> Optional[dict[str, np.ndarray]]:
-        """The next batch; None if `should_stop()` turns true while waiting (at shutdown the
-        replay server stops serving first); waits at most timeout_s (then the replay server
-        counts as gone)."""
+        """The next batch, or None once `should_stop()`; waits at most timeout_s (then the
+        replay server counts as gone)."""
         started = time.monotonic()
         try:
-            while True:
+            while not should_stop():
                 if self._error is not None:
                     raise self._error
                 try:
                     return self._batches.get(timeout=0.05)
                 except queue.Empty:
-                    if should_stop():
-                        return None
                     if time.monotonic() - started > self.timeout_s:
                         raise QfleetTimeout(f"no sample from the replay server for {self.timeout_s:g} s "
                                             f"(last reply {time.monotonic() - self._last_reply:.1f} s ago)") from None
+            return None
         finally:
             self.wait_s += time.monotonic() - started
 

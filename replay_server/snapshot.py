@@ -74,8 +74,10 @@ def check_newest(directory: str | Path, obs_shape: tuple, obs_dtype, capacity: i
         try:
             with zipfile.ZipFile(path) as z:
                 with z.open("data.obs.npy") as f:
-                    version = np.lib.format.read_magic(f)
-                    shape, _, dtype = np.lib.format._read_array_header(f, version)
+                    fmt = np.lib.format
+                    version = fmt.read_magic(f)
+                    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    shape, _, dtype = read_header(f)
                 with z.open("capacity.npy") as f:
                     saved_capacity = int(np.lib.format.read_array(f))
         except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as exc:

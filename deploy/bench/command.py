@@ -7,6 +7,7 @@ import importlib
 BENCHMARKS = {
     "replay": ("deploy.bench.replay", "replay server ingest, sampling and memory per transition"),
     "solve": ("deploy.bench.solve", "wall-clock seconds from launching qfleet train to solved, per seed"),
+    "soak": ("deploy.bench.soak", "a long run: memory and open files of every process must not grow"),
 }
 
 
