@@ -168,6 +168,32 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    address: str = setting("")
+    """Ray cluster to use: '' connects to the cluster of a Ray job or starts a local Ray,
+    'auto' or 'HOST:PORT' connects to a running cluster."""
+    actor_cpus: float = setting(0.25, ge=0)
+    """CPUs reserved per actor (fractions let several share a core)."""
+    replay_cpus: float = setting(0.5, ge=0)
+    """CPUs reserved for the replay server."""
+    learner_cpus: float = setting(1.0, ge=0)
+    """CPUs reserved for the learner."""
+    learner_gpus: float = setting(-1.0, ge=-1)
+    """GPUs for the learner; -1 asks for one GPU when the cluster has any, else none."""
+    replay_resource: str = setting("qfleet_replay")
+    """Custom resource that pins the replay server to a node type, used when the cluster
+    offers it (declare it in the node type's resources in the cluster YAML)."""
+    learner_resource: str = setting("qfleet_learner")
+    """Custom resource that pins the learner, used when the cluster offers it."""
+    actor_resource: str = setting("qfleet_actor")
+    """Custom resource that keeps actors on actor node types, used when the cluster offers it."""
+    spread_actors: bool = setting(True)
+    """Spread actors across nodes (Ray's SPREAD strategy) instead of packing them."""
+    curve: bool = setting(True)
+    """Encrypt and authenticate every ZeroMQ socket with per-run CURVE keys."""
+
+
+@dataclass(frozen=True)
 class QfleetConfig:
     """The whole resolved configuration of a run (what the run directory saves)."""
 
@@ -175,9 +201,11 @@ class QfleetConfig:
     replay: ReplayConfig = ReplayConfig()
     learner: LearnerConfig = LearnerConfig()
     run: RunConfig = RunConfig()
+    ray: RayConfig = RayConfig()
 
 
-SECTIONS = {"actor": ActorConfig, "replay": ReplayConfig, "learner": LearnerConfig, "run": RunConfig}
+SECTIONS = {"actor": ActorConfig, "replay": ReplayConfig, "learner": LearnerConfig, "run": RunConfig,
+            "ray": RayConfig}
 
 
 # -- baselines (`qfleet baseline ...`): single-process learners that write the same metrics --

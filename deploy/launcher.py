@@ -151,12 +151,13 @@ class Launcher:
             return "update budget reached"
         return None
 
-    def _tick(self) -> None:
+    def _tick(self, final: bool = False) -> None:
         self._poll_replay()
         elapsed, tick = self.progress.elapsed, self.progress.snapshot()
         self.metrics.episodes(self.progress.take_episodes())
         self.metrics.write(tick, step=tick["actors/env_steps"], elapsed_s=elapsed)
-        self._send_run_state(self.progress.run_state())  # kept in the learner's checkpoints
+        if not final:  # after shutdown there is no learner to tell
+            self._send_run_state(self.progress.run_state())  # kept in the learner's checkpoints
         self.say(self.progress.status_line(tick, elapsed))
 
     def _wait_ready(self, roles: set, dead: Callable[[], Optional[str]]) -> None:
@@ -194,7 +195,7 @@ class Launcher:
             failure, reason = str(exc), "failed"
         finally:
             self._shutdown()
-        self._tick()
+        self._tick(final=True)
         if failure:
             self.say(f"error: {failure}")
             return 1, reason

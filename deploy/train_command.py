@@ -18,6 +18,7 @@ from replay_server.rate_limiter import RateLimiter
 FLAGS = {  # flag -> config field it sets
     "env": "run.env", "actors": "run.actors", "envs_per_actor": "actor.envs_per_actor", "seed": "run.seed",
     "max_seconds": "run.max_seconds", "run_dir": "run.run_dir", "name": "run.name", "backend": "run.backend",
+    "address": "ray.address",
 }
 
 
@@ -32,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", help="folder for run directories (default runs)")
     p.add_argument("--name", help="run name (default <env>-<time>)")
     p.add_argument("--backend", choices=("local", "ray"), help="where to run (default local)")
+    p.add_argument("--address", help="with --backend ray: 'auto' or HOST:PORT of a running Ray cluster "
+                   "(default: the cluster of a Ray job, else a new local Ray)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint and replay snapshot "
                    "(its config.yaml is the base; --set and flags such as --actors still apply)")
     p.add_argument("--gif", action="store_true",
@@ -98,9 +101,9 @@ def check_resume(run_dir: Path, cfg: QfleetConfig, env: EnvSpec) -> dict:
 def run(args: argparse.Namespace) -> int:
     stop = StopFlag()
     cfg, env = resolve(args)
-    if cfg.run.backend == "ray":
-        raise ConfigError("the ray backend is not available in this version; use --backend local")
     resume_state = None
+    if args.resume and cfg.run.backend == "ray":
+        raise ConfigError("--resume works in local mode; on the Ray backend a run starts afresh")
     if args.resume:
         run_dir = Path(args.resume)
         resume_state = check_resume(run_dir, cfg, env)
@@ -111,10 +114,17 @@ def run(args: argparse.Namespace) -> int:
           f"actor(s) x {cfg.actor.envs_per_actor} envs; solved at greedy mean >= {cfg.learner.solved_threshold}; "
           f"run directory {run_dir}", flush=True)
     from deploy.launcher import write_summary
-    from deploy.local import LocalLauncher
 
-    launcher = LocalLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop,
-                             say=lambda line: print(line, flush=True), resume_state=resume_state)
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    if cfg.run.backend == "ray":
+        from deploy.ray_backend import RayLauncher
+
+        launcher = RayLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop, say=say)
+    else:
+        from deploy.local import LocalLauncher
+
+        launcher = LocalLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop, say=say,
+                                 resume_state=resume_state)
     try:
         code, reason = launcher.run()
         summary = launcher.summary(reason)
