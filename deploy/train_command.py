@@ -132,7 +132,10 @@ def run(args: argparse.Namespace) -> int:
         launcher.close()
     write_summary(run_dir, summary)
     print(final_message(summary), flush=True)
-    after_run(run_dir, args, cfg.run.seed)
+    if reason == "interrupted":  # stop at once: the plot can be drawn later
+        print(f"qfleet: interrupted; `qfleet plot {run_dir}` draws its learning curves", flush=True)
+    else:
+        after_run(run_dir, args, cfg.run.seed)
     return code
 
 
