@@ -18,11 +18,12 @@ from common import messages as m
 from common.codec import decode
 from common.config import QfleetConfig
 from common.envs import EnvSpec
-from common.errors import CodecError
+from common.errors import CodecError, QfleetTimeout
 from common.metrics import MetricsWriter
 from common.sockets import CurveKeys, bind, make_socket
 from deploy.processes import StopFlag
 from deploy.progress import Progress
+from replay_server.client import ReplayClient
 
 STARTUP_TIMEOUT_S = 120.0
 SHUTDOWN_GRACE_S = 4.0
@@ -45,6 +46,7 @@ class Launcher:
         self.faults: list[dict] = []
         self.metrics = MetricsWriter(run_dir=run_dir, started_wall=self.progress.started_wall)
         self._files: dict[str, object] = {}
+        self.replay_client: Optional[ReplayClient] = None
 
     # -- to be provided by a backend ---------------------------------------------------------
     def _start(self) -> None:
@@ -64,8 +66,19 @@ class Launcher:
         """The learner finished its update budget."""
         raise NotImplementedError
 
+    # -- the replay server's own counters ------------------------------------------------------
+    def _connect_replay(self, request_endpoint: str) -> None:
+        self.replay_client = ReplayClient(obs_shape=self.env.obs_shape, obs_dtype=self.env.obs_dtype,
+                                          request_endpoint=request_endpoint, keys=self.keys, timeout=0.5)
+
     def _poll_replay(self) -> None:
-        """Refresh self.progress.replay from the replay server, if it can be asked."""
+        """Refresh self.progress.replay, until the server's final count has arrived."""
+        if self.replay_client is None or self.progress.replay_final:
+            return
+        try:
+            self.progress.replay = self.replay_client.stats(timeout=0.5)
+        except QfleetTimeout:
+            pass
 
     # -- reports -----------------------------------------------------------------------------
     def _drain_telemetry(self, timeout_s: float) -> None:
@@ -211,6 +224,8 @@ class Launcher:
         return (130 if reason == "interrupted" else 0), reason
 
     def close(self) -> None:
+        if self.replay_client is not None:
+            self.replay_client.close()
         self.metrics.close()
         self.telemetry.close(0)
 

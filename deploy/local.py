@@ -22,12 +22,10 @@ import numpy as np
 
 from common.config import QfleetConfig
 from common.envs import EnvSpec
-from common.errors import QfleetTimeout
 from deploy.children import Child, Children, port_of
 from deploy.components import STOPPING_SIGNAL, Placement, Start, Wiring, sent_file
 from deploy.launcher import SHUTDOWN_GRACE_S, Launcher
 from deploy.processes import StopFlag
-from replay_server.client import ReplayClient
 
 
 class LocalLauncher(Launcher):
@@ -36,7 +34,6 @@ class LocalLauncher(Launcher):
         super().__init__(cfg, env, run_dir, stop, say, resume_state)
         place = Placement(telemetry=self.telemetry_endpoint, host="127.0.0.1", run_dir=str(run_dir))
         self.children = Children(cfg, env, place, solved_threshold, run_dir)
-        self.replay_client: Optional[ReplayClient] = None
 
     # -- starting ------------------------------------------------------------------------
     def _start(self) -> None:
@@ -49,8 +46,7 @@ class LocalLauncher(Launcher):
         replay, learner = self.progress.ready["replay"], self.progress.ready["learner"]
         self.children.wire(Wiring(replay["insert"], replay["request"], learner["weights"]))
         self._write_endpoints()
-        self.replay_client = ReplayClient(obs_shape=self.env.obs_shape, obs_dtype=self.env.obs_dtype,
-                                          request_endpoint=replay["request"], timeout=0.5)
+        self._connect_replay(replay["request"])
 
     def _failed_to_start(self) -> Optional[str]:
         for child in self.children:
@@ -116,14 +112,6 @@ class LocalLauncher(Launcher):
             return Start(ports=(port_of(ready["insert"]), port_of(ready["request"])), resume=True)
         return Start(ports=(port_of(ready["weights"]),), resume=True, epoch=child.start.epoch + 1)
 
-    def _poll_replay(self) -> None:
-        if self.replay_client is None or self.progress.replay_final:
-            return
-        try:
-            self.progress.replay = self.replay_client.stats(timeout=0.5)
-        except QfleetTimeout:
-            pass
-
     def _send_run_state(self, state: dict) -> None:
         self.children.send("learner", state)
 
@@ -154,8 +142,6 @@ class LocalLauncher(Launcher):
                 child.process.kill()
                 child.process.join(1.0)
         self._drain_telemetry(0.1)
-        if self.replay_client is not None:
-            self.replay_client.close()
 
     def _terminate(self, targets: list[Child], until: float, wait_for: list[Child]) -> None:
         """SIGTERM `targets`, then wait (reading reports) until `wait_for` exited or `until`."""

@@ -23,12 +23,10 @@ from typing import Callable, Optional
 
 from common.config import QfleetConfig
 from common.envs import EnvSpec
-from common.errors import QfleetTimeout
 from common.sockets import CurveKeys
 from deploy.components import Placement, Start, Wiring
 from deploy.launcher import SHUTDOWN_GRACE_S, Launcher
 from deploy.processes import StopFlag
-from replay_server.client import ReplayClient
 
 
 @dataclass
@@ -82,7 +80,6 @@ class RayLauncher(Launcher):
         self.run_name = run_dir.name
         self.hosts: dict[str, Hosted] = {}
         self.wiring: Optional[Wiring] = None
-        self.replay_client: Optional[ReplayClient] = None
         self._learner_finished = False
 
     # -- placing ---------------------------------------------------------------------------
@@ -134,8 +131,7 @@ class RayLauncher(Launcher):
         for hosted in self.hosts.values():
             if hosted.role != "replay":
                 hosted.handle.wire.remote(self.wiring)
-        self.replay_client = ReplayClient(obs_shape=self.env.obs_shape, obs_dtype=self.env.obs_dtype,
-                                          request_endpoint=replay["request"], keys=self.keys, timeout=0.5)
+        self._connect_replay(replay["request"])
         self._record_processes()
 
     def _dead_on_arrival(self) -> Optional[str]:
@@ -203,14 +199,6 @@ class RayLauncher(Launcher):
             self._record_processes()
         return None
 
-    def _poll_replay(self) -> None:
-        if self.replay_client is None or self.progress.replay_final:
-            return
-        try:
-            self.progress.replay = self.replay_client.stats(timeout=0.5)
-        except QfleetTimeout:
-            pass
-
     def _send_run_state(self, state: dict) -> None:
         learner = self.hosts.get("learner")
         if learner is not None and learner.run_ref is not None:
@@ -238,8 +226,6 @@ class RayLauncher(Launcher):
         for hosted in self.hosts.values():
             ray.kill(hosted.handle, no_restart=True)
         self._drain_telemetry(0.2)
-        if self.replay_client is not None:
-            self.replay_client.close()
         if self._owns_ray:
             ray.shutdown()
 
