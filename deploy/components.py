@@ -132,6 +132,9 @@ class Control:
                 self._state = message
 
 
+ACTOR_LINGER_S = 4.0  # within the launcher's 0.6 x SHUTDOWN_GRACE_S for actors, after their 1 s final flush
+
+
 # -- the bodies ------------------------------------------------------------------------------
 def run_replay(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, stop: StopFlag,
                telemetry: Telemetry, stopping: Optional[threading.Event] = None) -> None:
@@ -217,7 +220,9 @@ def run_actor(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, s
         actor.schedule.load(start.schedule)
     actor.run(stop.is_set)
     weights.close()
-    replay.close(linger_s=1.0)  # let the last inserts reach the draining replay server
+    # Let the last inserts reach the draining replay server: on a loaded machine it can
+    # take seconds to read every actor's backlog (close returns as soon as they are out).
+    replay.close(linger_s=ACTOR_LINGER_S)
 
 
 def report_crash(name: str, telemetry: Telemetry, exc: BaseException) -> None:
