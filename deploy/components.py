@@ -49,6 +49,9 @@ class Placement:
 
 
 def net_spec(cfg: QfleetConfig, env: EnvSpec) -> NetSpec:
+    """The Q-network for the run's observations: a CNN on stacked frames, an MLP otherwise."""
+    if env.pixels is not None:
+        return NetSpec("cnn", env.obs_shape, env.num_actions, tuple(cfg.learner.cnn_hidden), cfg.learner.dueling)
     return NetSpec("mlp", env.obs_shape, env.num_actions, tuple(cfg.learner.hidden), cfg.learner.dueling)
 
 
@@ -122,7 +125,7 @@ def learner_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, control: Con
         replay = ReplayClient(obs_shape=env.obs_shape, obs_dtype=env.obs_dtype, request_endpoint=wiring.replay_request,
                               keys=place.keys, timeout=cfg.learner.sample_timeout_s)
         device = resolve_device(cfg.learner.device)
-        learner = Learner(cfg=cfg.learner, spec=spec, env_id=env.env_id, solved_threshold=solved_threshold,
+        learner = Learner(cfg=cfg.learner, spec=spec, env=env, solved_threshold=solved_threshold,
                           replay=replay, publisher=publisher, device=device, seed=cfg.run.seed, telemetry=telemetry,
                           checkpoint_path=Path(place.run_dir) / "checkpoint.npz" if place.run_dir else None,
                           max_updates=cfg.run.max_updates, meta={"env": cfg.run.env})

@@ -8,15 +8,17 @@ from pathlib import Path
 
 from common.config import QfleetConfig
 from common.config_loader import load_config, save_config
-from common.envs import EnvSpec, describe_env
+from common.envs import EnvSpec, describe_run_env
 from common.errors import ConfigError
 from deploy.processes import StopFlag
 from replay_server.build import effective_error_buffer
 from replay_server.rate_limiter import RateLimiter
+from replay_server.storage import transition_dtype
 
 FLAGS = {  # flag -> config field it sets
     "env": "run.env", "actors": "run.actors", "envs_per_actor": "actor.envs_per_actor", "seed": "run.seed",
     "max_seconds": "run.max_seconds", "run_dir": "run.run_dir", "name": "run.name", "backend": "run.backend",
+    "obs": "run.obs",
 }
 
 
@@ -31,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", help="folder for run directories (default runs)")
     p.add_argument("--name", help="run name (default <env>-<time>)")
     p.add_argument("--backend", choices=("local", "ray"), help="where to run (default local)")
+    p.add_argument("--obs", choices=("vector", "pixels"),
+                   help="observe the environment's vectors (MLP) or its rendered frames (CNN; see the pixels section)")
 
 
 def resolve(args: argparse.Namespace) -> tuple[QfleetConfig, EnvSpec]:
@@ -38,7 +42,7 @@ def resolve(args: argparse.Namespace) -> tuple[QfleetConfig, EnvSpec]:
     overrides = [f"{field}={getattr(args, flag)}" for flag, field in FLAGS.items()
                  if getattr(args, flag, None) is not None]
     cfg = load_config(args.config, list(args.set) + overrides)
-    env = describe_env(cfg.run.env)
+    env = describe_run_env(cfg)
     threshold = cfg.learner.solved_threshold if cfg.learner.solved_threshold is not None else env.reward_threshold
     sample_batch = cfg.learner.batch_size * cfg.learner.batches_per_request
     replay = dataclasses.replace(cfg.replay, error_buffer=effective_error_buffer(cfg.replay, sample_batch))
@@ -76,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
     save_config(cfg, run_dir / "config.yaml")
     print(f"qfleet: training {env.env_id} with {cfg.run.actors} actor(s) x {cfg.actor.envs_per_actor} envs; "
           f"solved at greedy mean >= {cfg.learner.solved_threshold}; run directory {run_dir}", flush=True)
+    if env.pixels is not None:
+        per_item = transition_dtype(env.obs_shape, env.obs_dtype).itemsize
+        print(f"qfleet: observing pixels: stacks of {env.pixels.frame_stack} {env.pixels.size}x{env.pixels.size} "
+              f"grey frames (uint8); replay stores {per_item:,} bytes per transition, "
+              f"{per_item * cfg.replay.capacity / 2**20:,.0f} MiB at capacity {cfg.replay.capacity:,}", flush=True)
     from deploy.local import LocalLauncher, write_summary
 
     launcher = LocalLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop,

@@ -1,9 +1,10 @@
 """Greedy evaluation (epsilon 0) over many episodes at once, and its background runner.
 
 `evaluate` runs E copies of the environment as one vector env, one episode each (steps of
-copies whose episode ended are ignored), and returns the episode returns.
+copies whose episode ended are ignored), and returns the episode returns; with pixel
+settings the copies are observed as stacked frames, exactly as the actors see them.
 `BackgroundEvaluator` runs it in a child process on a snapshot of the weights, so
-training goes on while it plays.
+training goes on while it plays (a CNN policy runs in torch on the CPU there).
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
-from common.envs import make_vec_env
-from common.netspec import NetSpec, NumpyQNet
+from common.config import PixelConfig
+from common.envs import EnvSpec, make_vec_env
+from common.netspec import NetSpec, make_policy
 
 
 class EvalResult(NamedTuple):
@@ -29,9 +31,9 @@ class EvalResult(NamedTuple):
 
 
 def evaluate(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int,
-             max_steps: int = 100_000, version: int = -1) -> EvalResult:
+             max_steps: int = 100_000, version: int = -1, pixels: Optional[PixelConfig] = None) -> EvalResult:
     """Mean return of the greedy policy over `episodes` episodes (policy: obs -> Q-values)."""
-    env = make_vec_env(env_id, episodes)
+    env = make_vec_env(env_id, episodes, pixels=pixels)
     try:
         obs, _ = env.reset(seed=seed)
         returns = np.zeros(episodes)
@@ -52,13 +54,13 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: 
 
 
 def greedy_policy(spec: NetSpec, params: dict) -> Callable[[np.ndarray], np.ndarray]:
-    """obs -> Q-values for a parameter dict."""
-    net = NumpyQNet(spec)
+    """obs -> Q-values for a parameter dict (numpy for MLPs, torch on the CPU for CNNs)."""
+    net = make_policy(spec)
     net.load(params)
     return net
 
 
-def _serve(conn: Connection, spec: NetSpec, env_id: str, episodes: int) -> None:
+def _serve(conn: Connection, spec: NetSpec, env: EnvSpec, episodes: int) -> None:
     """The evaluator process: evaluate each (params, version, seed) it is sent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner decides when it stops
     while True:
@@ -70,7 +72,8 @@ def _serve(conn: Connection, spec: NetSpec, env_id: str, episodes: int) -> None:
             return
         params, version, seed = job
         try:
-            result = evaluate(greedy_policy(spec, params), env_id, episodes, seed, version=version)
+            result = evaluate(greedy_policy(spec, params), env.env_id, episodes, seed, version=version,
+                              pixels=env.pixels)
         except Exception as exc:
             result = RuntimeError(f"evaluation failed: {type(exc).__name__}: {exc}")
         try:
@@ -84,10 +87,10 @@ class BackgroundEvaluator:
     for it and it does not compete with the update loop for the GIL (it takes ~15% of a
     core when it shares the learner's). Weights travel over a local pipe to our own child."""
 
-    def __init__(self, spec: NetSpec, env_id: str, episodes: int, seed: int):
+    def __init__(self, *, spec: NetSpec, env: EnvSpec, episodes: int, seed: int):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, spec, env_id, episodes), daemon=True,
+        self._proc = ctx.Process(target=_serve, args=(child, spec, env, episodes), daemon=True,
                                  name="qfleet-evaluator")
         self._proc.start()
         child.close()

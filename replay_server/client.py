@@ -101,6 +101,9 @@ class ReplayClient:
         if self._inbox:
             request_id = next(iter(self._inbox))
             return request_id, self._inbox.pop(request_id)
+        return self._receive_socket(timeout)
+
+    def _receive_socket(self, timeout: Optional[float]):
         frames = recv_frames(self._socket(zmq.DEALER), self._t(timeout), "reply from the replay server")
         try:
             msg = decode(frames, self._schemas)
@@ -117,8 +120,8 @@ class ReplayClient:
         """The reply to one request; replies to other requests are kept for later."""
         if request_id in self._inbox:
             return self._raise_or_return(self._inbox.pop(request_id))
-        while True:
-            rid, reply = self.receive(timeout)
+        while True:  # from the socket: `receive` would hand back what this loop stores
+            rid, reply = self._receive_socket(timeout)
             if rid == request_id or rid == -1:
                 return self._raise_or_return(reply)
             self._inbox[rid] = reply

@@ -7,6 +7,8 @@ import importlib
 BENCHMARKS = {
     "replay": ("deploy.bench.replay", "replay server ingest, sampling and memory per transition"),
     "solve": ("deploy.bench.solve", "wall-clock seconds from launching qfleet train to solved, per seed"),
+    "learner": ("deploy.bench.learner", "learner updates/s and samples/s (MLP and pixel CNN), isolated and in the full system"),
+    "pixels": ("deploy.bench.pixels", "frames/s per actor with the stock and fast renderers, their agreement, replay bytes per transition"),
 }
 
 

@@ -1,0 +1,141 @@
+"""`qfleet bench pixels`: what pixel observations cost an actor, and what they cost the replay.
+
+Frames/s per actor: one process steps --envs CartPole environments with random actions
+through the pixel observation wrapper (render, crop, grey, downscale, stack) for
+--seconds, once with the stock renderer (gymnasium's pygame rgb_array frames, then
+Pillow) and once with qfleet's fast renderer; and the renderers alone (frames of the
+same states, no stepping). Also the frames/s an actor reaches including its CNN forward
+pass (torch, one thread), which is what an actor really does per step.
+
+Agreement: the fast renderer against the stock one on --agreement-states random states
+(positions and angles over the whole episode range), after preprocessing: mean and
+largest absolute difference in grey levels, and the share of pixels that differ.
+
+Memory: bytes one transition takes in the replay table (obs and next obs as uint8 stacks).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from common.config import PixelConfig
+from deploy.bench.report import machine, markdown_table, write_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--envs", type=int, default=32, help="environments per actor (one vector env)")
+    p.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    p.add_argument("--size", type=int, default=84)
+    p.add_argument("--frame-stack", type=int, default=4)
+    p.add_argument("--agreement-states", type=int, default=256)
+    p.add_argument("--json", help="write the results here")
+
+
+def _rate(fn, frames_per_call: int, seconds: float) -> float:
+    fn()  # warm-up (numba loads its compiled kernel, pygame opens its surfaces)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        fn()
+        done += frames_per_call
+    return done / (time.perf_counter() - started)
+
+
+def stepping_rate(cfg: PixelConfig, envs: int, seconds: float, policy=None) -> float:
+    """Environment steps (= frames) per second through the pixel wrapper."""
+    from common.envs import make_vec_env
+
+    env = make_vec_env("CartPole-v1", envs, pixels=cfg)
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    state = {"obs": obs}
+
+    def step() -> None:
+        if policy is not None:
+            policy(state["obs"])
+        state["obs"] = env.step(rng.integers(0, 2, envs))[0]
+    try:
+        return _rate(step, envs, seconds)
+    finally:
+        env.close()
+
+
+def random_states(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.uniform(-2.5, 2.5, n), rng.normal(0, 1, n), rng.uniform(-0.25, 0.25, n),
+                     rng.normal(0, 1, n)]).astype(np.float64)
+
+
+def renderers(cfg: PixelConfig, n: int, seconds: float) -> dict:
+    """Frames/s of the two renderers on the same states, and their agreement."""
+    import gymnasium as gym
+
+    from common.cartpole_render import CARTPOLE_CROP, CartPoleRenderer
+    from common.pixels import crop_pixels, preprocess_frames
+
+    env = gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode="vector_entry_point", render_mode="rgb_array")
+    env.reset(seed=0)
+    env.unwrapped.state = random_states(n)
+    crop = crop_pixels(CARTPOLE_CROP, 400, 600)
+    fast = CartPoleRenderer(size=cfg.size, crop=crop)
+    states = env.unwrapped.state.T.copy()
+    try:
+        stock_frames = preprocess_frames(env.render(), crop, cfg.size)
+        fast_frames = fast.render(states)
+        stock_rate = _rate(lambda: preprocess_frames(env.render(), crop, cfg.size), n, seconds)
+        render_only = _rate(env.render, n, seconds)
+    finally:
+        env.close()
+    fast_rate = _rate(lambda: fast.render(states), n, seconds)
+    diff = np.abs(stock_frames.astype(np.int16) - fast_frames)
+    return {"stock_render_and_preprocess_fps": stock_rate, "stock_render_only_fps": render_only,
+            "fast_render_fps": fast_rate, "agreement_mean_abs_diff": float(diff.mean()),
+            "agreement_max_abs_diff": int(diff.max()), "agreement_differing_pixels": float((diff > 0).mean()),
+            "agreement_states": n}
+
+
+def run(args: argparse.Namespace) -> int:
+    from common.netspec import NetSpec, make_policy
+    from replay_server.storage import transition_dtype
+
+    base = PixelConfig(size=args.size, frame_stack=args.frame_stack)
+    obs_shape = (args.frame_stack, args.size, args.size)
+    result: dict = {"envs": args.envs, "obs_shape": list(obs_shape), "machine": machine()}
+    rows = []
+    for renderer in ("stock", "fast"):
+        cfg = PixelConfig(size=args.size, frame_stack=args.frame_stack, renderer=renderer)
+        rate = stepping_rate(cfg, args.envs, args.seconds)
+        result[f"{renderer}_actor_frames_per_s"] = rate
+        rows.append({"figure": f"actor frames/s, {renderer} renderer (step + render + preprocess + stack)",
+                     "value": rate})
+        print(f"{renderer} renderer: {rate:,.0f} frames/s per actor ({args.envs} envs)", flush=True)
+    import torch
+
+    from common.networks import build_qnetwork, params_to_numpy
+
+    torch.set_num_threads(1)
+    spec = NetSpec("cnn", obs_shape, 2, (512,))
+    policy = make_policy(spec)
+    policy.load(params_to_numpy(build_qnetwork(spec)))
+    acting = stepping_rate(PixelConfig(size=args.size, frame_stack=args.frame_stack, renderer="fast"),
+                           args.envs, args.seconds, policy)
+    result["fast_actor_frames_per_s_with_cnn_policy"] = acting
+    rows.append({"figure": "actor frames/s, fast renderer + CNN forward pass (1 thread)", "value": acting})
+    print(f"fast renderer with the CNN policy: {acting:,.0f} frames/s per actor", flush=True)
+    rend = renderers(base, args.agreement_states, args.seconds)
+    result.update(rend)
+    rows += [{"figure": "stock renderer alone, frames/s (pygame, no preprocessing)", "value": rend["stock_render_only_fps"]},
+             {"figure": "stock renderer + preprocessing, frames/s", "value": rend["stock_render_and_preprocess_fps"]},
+             {"figure": "fast renderer (preprocessed frames), frames/s", "value": rend["fast_render_fps"]},
+             {"figure": "fast vs stock, mean |difference| (grey levels)", "value": rend["agreement_mean_abs_diff"]},
+             {"figure": "fast vs stock, largest |difference| (grey levels)", "value": rend["agreement_max_abs_diff"]},
+             {"figure": "fast vs stock, share of differing pixels", "value": rend["agreement_differing_pixels"]}]
+    per_item = transition_dtype(obs_shape, np.uint8).itemsize
+    result["bytes_per_transition"] = per_item
+    result["float32_bytes_per_transition"] = transition_dtype(obs_shape, np.float32).itemsize
+    rows.append({"figure": "replay bytes per transition (uint8 obs + next obs, action, reward, discount)",
+                 "value": per_item})
+    print(markdown_table(rows, ["figure", "value"]))
+    write_json(result, args.json)
+    return 0
