@@ -126,6 +126,10 @@ class BackgroundEvaluator:
         return result
 
     def close(self) -> None:
+        """Stop the child: at once if it is mid-evaluation (that result is no longer wanted;
+        a CNN evaluation can take seconds), else by asking it to return."""
+        if self.busy:
+            self._proc.kill()
         try:
             self._conn.send(None)
         except (BrokenPipeError, OSError):
