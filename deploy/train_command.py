@@ -6,6 +6,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+import psutil
+
 from common.config import QfleetConfig
 from common.config_loader import load_config, save_config
 from common.envs import EnvSpec, describe_run_env
@@ -52,12 +54,30 @@ def resolve(args: argparse.Namespace) -> tuple[QfleetConfig, EnvSpec]:
     if cfg.actor.envs_per_actor * cfg.actor.flush_every_steps > 64 * replay.max_insert_batch:
         raise ConfigError("actor.envs_per_actor * actor.flush_every_steps is over 64 insert messages per push; "
                           "raise replay.max_insert_batch or lower actor.flush_every_steps")
+    _check_sizes(cfg, env, sample_batch)
     RateLimiter(min_size_to_sample=replay.min_size_to_sample, samples_per_insert=replay.samples_per_insert,
                 error_buffer=replay.error_buffer, max_insert_batch=replay.max_insert_batch,
                 max_sample_batch=sample_batch)  # raises, naming the deadlock, before anything starts
     cfg = dataclasses.replace(cfg, replay=replay,
                               learner=dataclasses.replace(cfg.learner, solved_threshold=threshold))
     return cfg, env
+
+
+def _check_sizes(cfg: QfleetConfig, env: EnvSpec, sample_batch: int) -> None:
+    """Refuse message and table sizes that cannot work (pixel transitions are ~56 KB each)."""
+    per_item = transition_dtype(env.obs_shape, env.obs_dtype).itemsize
+    limit = cfg.replay.max_message_bytes
+    push = min(cfg.replay.max_insert_batch, cfg.actor.envs_per_actor * cfg.actor.flush_every_steps)
+    for what, count, fix in (("a sample reply", sample_batch, "learner.batch_size or learner.batches_per_request"),
+                             ("an insert message", push, "replay.max_insert_batch or actor.envs_per_actor")):
+        if count * per_item > limit:
+            raise ConfigError(f"{what} would be {count} transitions x {per_item:,} bytes = {count * per_item / 2**20:,.0f}"
+                              f" MiB, over replay.max_message_bytes ({limit / 2**20:,.0f} MiB); lower {fix}")
+    table = cfg.replay.capacity * per_item
+    available = psutil.virtual_memory().available
+    if table > 0.8 * available:
+        raise ConfigError(f"replay.capacity = {cfg.replay.capacity:,} transitions of {per_item:,} bytes needs "
+                          f"{table / 2**30:.1f} GiB; this machine has {available / 2**30:.1f} GiB available")
 
 
 def make_run_dir(cfg: QfleetConfig) -> Path:
@@ -84,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         per_item = transition_dtype(env.obs_shape, env.obs_dtype).itemsize
         print(f"qfleet: observing pixels: stacks of {env.pixels.frame_stack} {env.pixels.size}x{env.pixels.size} "
               f"grey frames (uint8); replay stores {per_item:,} bytes per transition, "
-              f"{per_item * cfg.replay.capacity / 2**20:,.0f} MiB at capacity {cfg.replay.capacity:,}", flush=True)
+              f"{per_item * cfg.replay.capacity / 2**20:,.0f} MiB at capacity {cfg.replay.capacity:,} "
+              f"(deploy/configs/cartpole-pixels.yaml holds settings made for pixels)", flush=True)
     from deploy.local import LocalLauncher, write_summary
 
     launcher = LocalLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop,

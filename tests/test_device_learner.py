@@ -14,6 +14,7 @@ import torch
 
 from common.config import LearnerConfig
 from common.netspec import NetSpec
+from deploy.bench.learner import synthetic_batches
 from learner.backend import make_update
 from learner.numpy_dqn import NumpyDQN
 from learner.staging import ALIGN, Staging
@@ -26,19 +27,8 @@ CNN = NetSpec("cnn", (4, 84, 84), 2, (512,))
 
 
 def batches(spec: NetSpec, n: int, size: int, seed: int = 1) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        if spec.kind == "cnn":
-            obs = rng.integers(0, 256, (2, size, *spec.obs_shape), dtype=np.uint8)
-        else:
-            obs = (rng.standard_normal((2, size, *spec.obs_shape)) * 2).astype(np.float32)
-        out.append({"obs": obs[0], "next_obs": obs[1],
-                    "action": rng.integers(0, spec.num_actions, size).astype(np.int32),
-                    "reward": (rng.standard_normal(size) * 3).astype(np.float32),
-                    "discount": np.where(rng.random(size) < 0.2, 0, 0.97).astype(np.float32),
-                    "weight": rng.uniform(0.1, 1, size).astype(np.float32)})
-    return out
+    """Writable copies of the benchmark's synthetic batches."""
+    return [{k: v.copy() for k, v in b.items()} for b in synthetic_batches(spec, size, count=n, seed=seed)]
 
 
 # -- device-independent -----------------------------------------------------------------------

@@ -128,3 +128,18 @@ def test_describe_env_with_pixels():
     assert spec.obs_shape == (2, 64, 64) and spec.obs_dtype == np.uint8 and spec.num_actions == 2
     assert spec.pixels == PixelConfig(size=64, frame_stack=2)
     assert describe_env("CartPole-v1").pixels is None
+
+
+def test_train_refuses_pixel_sizes_that_cannot_work():
+    import argparse
+
+    from deploy.train_command import add_arguments, resolve
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg, env = resolve(parser.parse_args(["--config", "deploy/configs/cartpole-pixels.yaml"]))
+    assert cfg.run.obs == "pixels" and env.obs_shape == (4, 84, 84) and env.obs_dtype == np.uint8
+    with pytest.raises(ConfigError, match=r"a sample reply would be 2048 transitions x 56,460 bytes = 110 MiB"):
+        resolve(parser.parse_args(["--obs", "pixels", "--set", "learner.batches_per_request=8"]))
+    with pytest.raises(ConfigError, match=r"replay.capacity = 10,000,000 transitions of 56,460 bytes needs 525.8 GiB"):
+        resolve(parser.parse_args(["--obs", "pixels", "--set", "replay.capacity=10000000"]))

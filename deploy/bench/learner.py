@@ -6,7 +6,7 @@ process on synthetic batches: CartPole-shaped MLP batches of 256 (the default ne
 128x128) and 4x84x84 uint8 frame batches of 64 (the pixel CNN). It is driven as the
 learner loop drives it: submit, collect at the implementation's depth, a weight snapshot
 every publish_every updates. Timing starts after a warm-up (which includes CUDA graph
-capture) and runs for --seconds.
+capture) and runs for --seconds, in a fresh process with the learner's thread settings.
 
 Full system: `qfleet train` for --system-seconds (not stopping when solved) with the
 default config for the MLP and deploy/configs/cartpole-pixels.yaml for the CNN, on the
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing as mp
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,27 @@ def drive(update, batches: list[dict], *, seconds: float, publish_every: int, wa
 
 
 def isolated(name: str, device: str, seconds: float) -> dict:
+    """The isolated measurement in a fresh process with the learner's thread settings (as
+    the launcher starts it: one BLAS/OpenMP thread unless learner.threads says otherwise)."""
+    from deploy.local import blas_threads
+
+    ctx = mp.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    with blas_threads(LearnerConfig().threads):
+        proc = ctx.Process(target=_isolated_child, args=(name, device, seconds, sender))
+        proc.start()
+    sender.close()
+    try:
+        return receiver.recv()
+    finally:
+        proc.join()
+
+
+def _isolated_child(name: str, device: str, seconds: float, conn) -> None:
+    conn.send(_isolated(name, device, seconds))
+
+
+def _isolated(name: str, device: str, seconds: float) -> dict:
     from learner.backend import make_update, resolve_backend
 
     spec, batch_size, _ = CASES[name]
