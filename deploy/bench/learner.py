@@ -6,7 +6,8 @@ process on synthetic batches: CartPole-shaped MLP batches of 256 (the default ne
 128x128) and 4x84x84 uint8 frame batches of 64 (the pixel CNN). It is driven as the
 learner loop drives it: submit, collect at the implementation's depth, a weight snapshot
 every publish_every updates. Timing starts after a warm-up (which includes CUDA graph
-capture) and runs for --seconds, in a fresh process with the learner's thread settings.
+capture) and runs for --seconds, in a fresh process with the learner's thread settings;
+the figure is the median of three equal windows.
 
 Full system: `qfleet train` for --system-seconds (not stopping when solved) with the
 default config for the MLP and deploy/configs/cartpole-pixels.yaml for the CNN, on the
@@ -29,7 +30,7 @@ import numpy as np
 from common.config import LearnerConfig
 from common.metrics import read_jsonl
 from common.netspec import NetSpec
-from deploy.bench.report import machine, markdown_table, write_json
+from deploy.bench.report import machine, markdown_table, median, write_json
 
 PIXEL_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cartpole-pixels.yaml"
 CASES = {  # name -> (network, batch size, train flags for the system run)
@@ -68,8 +69,10 @@ def synthetic_batches(spec: NetSpec, batch_size: int, count: int = 8, seed: int 
     return batches
 
 
-def drive(update, batches: list[dict], *, seconds: float, publish_every: int, warmup: int) -> tuple[int, float]:
-    """Run updates as the learner loop does; returns (timed updates, timed seconds)."""
+def drive(update, batches: list[dict], *, seconds: float, publish_every: int, warmup: int,
+          windows: int = 3) -> list[float]:
+    """Run updates as the learner loop does; returns updates/s of `windows` consecutive
+    timed windows of seconds / windows each (after `warmup` untimed updates)."""
     def one(i: int) -> None:
         update.submit(batches[i % len(batches)])
         while update.in_flight >= update.depth:
@@ -80,15 +83,18 @@ def drive(update, batches: list[dict], *, seconds: float, publish_every: int, wa
 
     for i in range(warmup):
         one(i)
-    while update.in_flight:
-        update.collect()
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        one(done)
-        done += 1
-    while update.in_flight:
-        update.collect()
-    return done, time.perf_counter() - started
+    rates = []
+    for _ in range(windows):
+        while update.in_flight:
+            update.collect()
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / windows:
+            one(done)
+            done += 1
+        while update.in_flight:
+            update.collect()
+        rates.append(done / (time.perf_counter() - started))
+    return rates
 
 
 def isolated(name: str, device: str, seconds: float) -> dict:
@@ -119,11 +125,11 @@ def _isolated(name: str, device: str, seconds: float) -> dict:
     cfg = dataclasses.replace(LearnerConfig(), batch_size=batch_size, device=device)
     update = make_update(cfg, spec, device, seed=0)
     warmup = 20 if spec.kind == "mlp" or device == "cuda" else 2
-    done, elapsed = drive(update, synthetic_batches(spec, batch_size), seconds=seconds,
-                          publish_every=cfg.publish_every, warmup=warmup)
-    rate = done / elapsed
+    rates = drive(update, synthetic_batches(spec, batch_size), seconds=seconds, publish_every=cfg.publish_every,
+                  warmup=warmup)
+    rate = median(rates)
     return {"updates_per_s": rate, "samples_per_s": rate * batch_size, "batch_size": batch_size,
-            "backend": f"{resolve_backend(cfg, spec, device)} ({type(update).__name__})", "updates": done}
+            "backend": f"{resolve_backend(cfg, spec, device)} ({type(update).__name__})", "window_rates": rates}
 
 
 def system(name: str, device: str, seconds: float, run_root: Path) -> dict:

@@ -1,8 +1,8 @@
 """`qfleet bench pixels`: what pixel observations cost an actor, and what they cost the replay.
 
-Frames/s per actor: one process steps --envs CartPole environments with random actions
-through the pixel observation wrapper (render, crop, grey, downscale, stack) for
---seconds, once with the stock renderer (gymnasium's pygame rgb_array frames, then
+Frames/s per actor (each the median of 3 runs over --seconds): one process steps --envs
+CartPole environments with random actions through the pixel observation wrapper (render,
+crop, grey, downscale, stack), once with the stock renderer (gymnasium's pygame rgb_array frames, then
 Pillow) and once with qfleet's fast renderer; and the renderers alone (frames of the
 same states, no stepping). Also the frames/s an actor reaches including its CNN forward
 pass (torch, one thread), which is what an actor really does per step.
@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from common.config import PixelConfig
-from deploy.bench.report import machine, markdown_table, write_json
+from deploy.bench.report import machine, markdown_table, median, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,13 +33,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="write the results here")
 
 
+REPEATS = 3  # each rate is the median of this many runs (the machine is shared and noisy)
+
+
 def _rate(fn, frames_per_call: int, seconds: float) -> float:
     fn()  # warm-up (numba loads its compiled kernel, pygame opens its surfaces)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        fn()
-        done += frames_per_call
-    return done / (time.perf_counter() - started)
+    rates = []
+    for _ in range(REPEATS):
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / REPEATS:
+            fn()
+            done += frames_per_call
+        rates.append(done / (time.perf_counter() - started))
+    return median(rates)
 
 
 def stepping_rate(cfg: PixelConfig, envs: int, seconds: float, policy=None) -> float:
@@ -67,32 +73,41 @@ def random_states(n: int, seed: int = 0) -> np.ndarray:
                      rng.normal(0, 1, n)]).astype(np.float64)
 
 
-def renderers(cfg: PixelConfig, n: int, seconds: float) -> dict:
-    """Frames/s of the two renderers on the same states, and their agreement."""
-    import gymnasium as gym
-
+def renderers(cfg: PixelConfig, envs: int, agreement_states: int, seconds: float) -> dict:
+    """Frames/s of the two renderers on the same `envs` states, and their agreement on
+    `agreement_states` states."""
     from common.cartpole_render import CARTPOLE_CROP, CartPoleRenderer
     from common.pixels import crop_pixels, preprocess_frames
 
-    env = gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode="vector_entry_point", render_mode="rgb_array")
-    env.reset(seed=0)
-    env.unwrapped.state = random_states(n)
     crop = crop_pixels(CARTPOLE_CROP, 400, 600)
     fast = CartPoleRenderer(size=cfg.size, crop=crop)
-    states = env.unwrapped.state.T.copy()
-    try:
-        stock_frames = preprocess_frames(env.render(), crop, cfg.size)
-        fast_frames = fast.render(states)
-        stock_rate = _rate(lambda: preprocess_frames(env.render(), crop, cfg.size), n, seconds)
-        render_only = _rate(env.render, n, seconds)
-    finally:
-        env.close()
-    fast_rate = _rate(lambda: fast.render(states), n, seconds)
-    diff = np.abs(stock_frames.astype(np.int16) - fast_frames)
-    return {"stock_render_and_preprocess_fps": stock_rate, "stock_render_only_fps": render_only,
-            "fast_render_fps": fast_rate, "agreement_mean_abs_diff": float(diff.mean()),
-            "agreement_max_abs_diff": int(diff.max()), "agreement_differing_pixels": float((diff > 0).mean()),
-            "agreement_states": n}
+    result: dict = {"agreement_states": agreement_states}
+    for n, timed in ((envs, True), (agreement_states, False)):
+        env = _stock_env(random_states(n))
+        states = env.unwrapped.state.T.copy()
+        try:
+            stock_frames = preprocess_frames(env.render(), crop, cfg.size)
+            if timed:
+                result["stock_render_only_fps"] = _rate(env.render, n, seconds)
+                result["stock_render_and_preprocess_fps"] = _rate(
+                    lambda: preprocess_frames(env.render(), crop, cfg.size), n, seconds)
+                result["fast_render_fps"] = _rate(lambda: fast.render(states), n, seconds)
+        finally:
+            env.close()
+    diff = np.abs(stock_frames.astype(np.int16) - fast.render(states))
+    result.update({"agreement_mean_abs_diff": float(diff.mean()), "agreement_max_abs_diff": int(diff.max()),
+                   "agreement_differing_pixels": float((diff > 0).mean())})
+    return result
+
+
+def _stock_env(states: np.ndarray):
+    import gymnasium as gym
+
+    env = gym.make_vec("CartPole-v1", num_envs=len(states[0]), vectorization_mode="vector_entry_point",
+                       render_mode="rgb_array")
+    env.reset(seed=0)
+    env.unwrapped.state = states
+    return env
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     result["fast_actor_frames_per_s_with_cnn_policy"] = acting
     rows.append({"figure": "actor frames/s, fast renderer + CNN forward pass (1 thread)", "value": acting})
     print(f"fast renderer with the CNN policy: {acting:,.0f} frames/s per actor", flush=True)
-    rend = renderers(base, args.agreement_states, args.seconds)
+    rend = renderers(base, args.envs, args.agreement_states, args.seconds)
     result.update(rend)
     rows += [{"figure": "stock renderer alone, frames/s (pygame, no preprocessing)", "value": rend["stock_render_only_fps"]},
              {"figure": "stock renderer + preprocessing, frames/s", "value": rend["stock_render_and_preprocess_fps"]},
