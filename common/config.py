@@ -188,7 +188,7 @@ class PixelConfig:
     frame for other environments."""
     renderer: str = setting("auto", choices=("auto", "stock", "fast"))
     """Where frames come from: 'stock', the environment's own rgb_array rendering; 'fast',
-    qfleet's vectorized CartPole renderer (the same scene drawn from the state, ~30x faster,
+    qfleet's vectorized CartPole renderer (the same scene drawn from the state, ~25x faster,
     checked against the stock one); 'auto', fast for CartPole and stock otherwise."""
 
 
