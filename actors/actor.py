@@ -9,6 +9,7 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
+import zmq
 
 from actors.exploration import EpsilonSchedule
 from actors.nstep import NStepAdder
@@ -28,7 +29,7 @@ FINAL_FLUSH_S = 1.0  # at stop, how long pending transitions may wait for the re
 class Actor:
     def __init__(self, *, cfg: ActorConfig, index: int, num_actors: int, env: EnvSpec, net: NetSpec,
                  replay: ReplayClient, weights: WeightSubscriber, max_insert_batch: int, seed: int = 0,
-                 telemetry: Optional[Telemetry] = None):
+                 telemetry: Optional[Telemetry] = None, sent_file: Optional[str] = None):
         self.cfg, self.index = cfg, index
         self.env_spec, self.replay, self.weights = env, replay, weights
         self.max_insert_batch = max_insert_batch
@@ -49,6 +50,10 @@ class Actor:
         self._lengths: list[int] = []
         self._lags_ms: list[float] = []
         self._versions_applied = 0
+        self._poller: Optional[zmq.Poller] = None
+        # The count of transitions handed to ZeroMQ, in a file the launcher can read even
+        # after a SIGKILL: what a killed actor lost is exactly this minus what was stored.
+        self._sent_file = None if sent_file is None else np.memmap(sent_file, np.int64, "w+", shape=(1,))
 
     def run(self, should_stop: Callable[[], bool], max_env_steps: int = 0) -> dict:
         cfg = self.cfg
@@ -121,24 +126,37 @@ class Actor:
             chunk = {k: v[start:start + self.max_insert_batch] for k, v in batch.items()}
             msg = m.InsertBatch(self.index, self.seq, self.version, **chunk)
             while True:
-                waited = time.monotonic()
                 try:
-                    self.replay.insert(msg, timeout=self.cfg.send_timeout_s)
+                    self.replay.insert(msg, timeout=0)
                     break
                 except QfleetTimeout:
+                    # Backpressure: wait until the replay server takes more, or new weights
+                    # arrive (applied at once, so a blocked actor does not lag behind).
+                    waited = time.monotonic()
+                    self._blocked_poller().poll(int(self.cfg.send_timeout_s * 1000))
                     self.blocked_s += time.monotonic() - waited
                     self._apply_weights()
                     if should_stop():
                         return
             self.seq += 1
             self.sent += len(chunk["action"])
+            if self._sent_file is not None:
+                self._sent_file[0] = self.sent
+
+    def _blocked_poller(self) -> zmq.Poller:
+        if self._poller is None:
+            self._poller = zmq.Poller()
+            self._poller.register(self.replay.insert_socket, zmq.POLLOUT)
+            self._poller.register(self.weights.socket, zmq.POLLIN)
+        return self._poller
 
     def _report(self, elapsed: float) -> None:
         values = {"env_steps": self.env_steps, "transitions_sent": self.sent, "insert_messages": self.seq,
                   "weights_version": self.version, "versions_applied": self._versions_applied,
                   "env_steps_per_s": self.env_steps / max(elapsed, 1e-9), "blocked_s": self.blocked_s,
                   "epsilon_mean": float(self.schedule.epsilons().mean()), "weights_rejected":
-                  sum(self.weights.rejected.values())}
+                  sum(self.weights.rejected.values()), "schedule_env_steps": self.schedule.env_steps,
+                  "schedule_episodes": self.schedule.episodes, "weights_epoch": self.weights.epoch}
         self.telemetry.report(values, np.array(self._returns, np.float32), np.array(self._lengths, np.int32),
                               np.array(self._lags_ms, np.float32))
         self._returns.clear()

@@ -1,7 +1,8 @@
 """The actor's weight subscription: newest version wins, bad messages are counted.
 
-`poll` never blocks: it drains what has arrived and returns the newest version newer
-than the one in use (older and duplicate versions, e.g. republications, are skipped).
+`poll` never blocks: it drains what has arrived and returns the newest weights newer than
+the ones in use, ordered by (epoch, version): older and duplicate versions, e.g.
+republications, are skipped, and a restarted learner (higher epoch) always wins.
 """
 from __future__ import annotations
 
@@ -28,10 +29,16 @@ class WeightSubscriber:
         self._sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.max_message_bytes = max_message_bytes
         self.version = -1
+        self.epoch = -1
         self.rejected: Counter = Counter()
         self.received = 0
         if endpoint:
             self.connect(endpoint)
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """The subscription socket, for a caller that waits on it together with others (poll only)."""
+        return self._sock
 
     def connect(self, endpoint: str) -> None:
         self._sock.connect(endpoint)
@@ -49,10 +56,11 @@ class WeightSubscriber:
             except CodecError as exc:
                 self.rejected[exc.reason] += 1
                 continue
-            if weights.version > self.version and (newest is None or weights.version > newest.version):
+            key = (weights.epoch, weights.version)
+            if key > (self.epoch, self.version) and (newest is None or key > (newest.epoch, newest.version)):
                 newest = weights
         if newest is not None:
-            self.version = newest.version
+            self.epoch, self.version = newest.epoch, newest.version
         return newest
 
     def close(self) -> None:

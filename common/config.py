@@ -72,8 +72,9 @@ class ReplayConfig:
     """ZeroMQ high-water mark (messages) on the insert socket: how much queues before actors block."""
     sample_wait_s: float = setting(1.0, gt=0)
     """How long a sample request may wait for the rate limiter before it is answered 'rate_limited'."""
-    snapshot_every_s: float = setting(0.0, ge=0)
-    """Seconds between periodic snapshots of the replay contents; 0 disables them."""
+    snapshot_every_s: float = setting(30.0, ge=0)
+    """Seconds between periodic snapshots of the replay contents (atomic, the newest two are
+    kept); a restarted replay server resumes from the newest. 0 disables them."""
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,9 @@ class LearnerConfig:
     """Evaluation mean that counts as solved; None uses the environment's reward threshold."""
     sample_timeout_s: float = setting(10.0, gt=0)
     """How long the learner waits for a batch before reporting the replay server as dead."""
-    checkpoint_every_s: float = setting(0.0, ge=0)
-    """Seconds between periodic checkpoints; 0 writes only the final one."""
+    checkpoint_every_s: float = setting(30.0, ge=0)
+    """Seconds between periodic checkpoints (atomic); a restarted learner resumes from the
+    newest. 0 writes only the final one."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,35 @@ class RunConfig:
     """Seconds between live status lines."""
     max_actor_restarts: int = setting(20, ge=0)
     """Crashed-actor restarts before the run gives up."""
+    max_core_restarts: int = setting(3, ge=0)
+    """Restarts of a crashed replay server (from its newest snapshot) or learner (from its
+    newest checkpoint) before the run gives up; 0 stops the run at the first crash."""
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = setting("")
+    """Ray cluster to use: '' connects to the cluster of a Ray job or starts a local Ray,
+    'auto' or 'HOST:PORT' connects to a running cluster."""
+    actor_cpus: float = setting(0.25, ge=0)
+    """CPUs reserved per actor (fractions let several share a core)."""
+    replay_cpus: float = setting(0.5, ge=0)
+    """CPUs reserved for the replay server."""
+    learner_cpus: float = setting(1.0, ge=0)
+    """CPUs reserved for the learner."""
+    learner_gpus: float = setting(-1.0, ge=-1)
+    """GPUs for the learner; -1 asks for one GPU when the cluster has any, else none."""
+    replay_resource: str = setting("qfleet_replay")
+    """Custom resource that pins the replay server to a node type, used when the cluster
+    offers it (declare it in the node type's resources in the cluster YAML)."""
+    learner_resource: str = setting("qfleet_learner")
+    """Custom resource that pins the learner, used when the cluster offers it."""
+    actor_resource: str = setting("qfleet_actor")
+    """Custom resource that keeps actors on actor node types, used when the cluster offers it."""
+    spread_actors: bool = setting(True)
+    """Spread actors across nodes (Ray's SPREAD strategy) instead of packing them."""
+    curve: bool = setting(True)
+    """Encrypt and authenticate every ZeroMQ socket with per-run CURVE keys."""
 
 
 @dataclass(frozen=True)
@@ -200,8 +231,9 @@ class QfleetConfig:
     replay: ReplayConfig = ReplayConfig()
     learner: LearnerConfig = LearnerConfig()
     run: RunConfig = RunConfig()
+    ray: RayConfig = RayConfig()
     pixels: PixelConfig = PixelConfig()
 
 
 SECTIONS = {"actor": ActorConfig, "replay": ReplayConfig, "learner": LearnerConfig, "run": RunConfig,
-            "pixels": PixelConfig}
+            "ray": RayConfig, "pixels": PixelConfig}

@@ -85,9 +85,13 @@ class ErrorReply(NamedTuple):
 
 
 class Weights(NamedTuple):
+    """Versioned parameters. `epoch` counts learner (re)starts: a restarted learner resumes
+    from its checkpoint with an older version number, and the higher epoch tells actors to
+    take it anyway."""
     version: int
     published_at: float
     params: dict  # name -> float32 array
+    epoch: int = 0
 
 
 class Report(NamedTuple):
@@ -97,6 +101,7 @@ class Report(NamedTuple):
     episode_returns: Optional[np.ndarray] = None
     episode_lengths: Optional[np.ndarray] = None
     lag_ms: Optional[np.ndarray] = None  # publish -> first use of each weights version applied
+    data: Optional[np.ndarray] = None    # a chunk of a shipped file (event "file")
 
 
 def transition_arrays(obs_shape: Sequence[int], obs_dtype: Any) -> tuple[ArraySpec, ...]:
@@ -131,14 +136,16 @@ def replay_schemas(obs_shape: Sequence[int], obs_dtype: Any, max_batch: int = 1 
 def weights_schema(param_shapes: dict[str, tuple[int, ...]]) -> MessageSchema:
     """Schema of a Weights message for one network (parameter names and exact shapes)."""
     arrays = tuple(ArraySpec(name, "<f4", tuple(shape)) for name, shape in param_shapes.items())
-    return MessageSchema(WEIGHTS, 1, {"version": (_INT, True), "published_at": (_NUM, True)}, arrays)
+    return MessageSchema(WEIGHTS, 1, {"version": (_INT, True), "published_at": (_NUM, True),
+                                      "epoch": (_INT, True)}, arrays)
 
 
 REPORT_SCHEMA = MessageSchema(
     REPORT, 1, {"role": (_STR, True), "index": (_INT, True)},
     (ArraySpec("episode_returns", "<f4", (BATCH,), optional=True),
      ArraySpec("episode_lengths", "<i4", (BATCH,), optional=True),
-     ArraySpec("lag_ms", "<f4", (None,), optional=True)),
+     ArraySpec("lag_ms", "<f4", (None,), optional=True),
+     ArraySpec("data", "|u1", (None,), optional=True)),
     max_batch=1 << 16, open_meta=True)
 
 

@@ -6,6 +6,8 @@ and a dead peer surfaces as `QfleetTimeout` instead of a hang.
 """
 from __future__ import annotations
 
+import logging
+import threading
 from typing import NamedTuple, Optional, Sequence
 
 import zmq
@@ -44,12 +46,42 @@ class CurveKeys(NamedTuple):
         return "CurveKeys(<redacted>)"
 
 
+class _RunClients:
+    """ZAP credentials check: only the run's client public key may connect."""
+
+    def __init__(self, client_public: bytes):
+        self._client_public = client_public
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key == self._client_public
+
+
+_authenticators: dict[int, object] = {}
+_auth_lock = threading.Lock()
+
+
+def require_run_keys(ctx: zmq.Context, keys: CurveKeys) -> None:
+    """Start (once per context) the ZAP handler that makes every CURVE server socket of `ctx`
+    refuse clients that do not present the run's client key."""
+    with _auth_lock:
+        if id(ctx) in _authenticators:
+            return
+        from zmq.auth.thread import ThreadAuthenticator
+
+        auth = ThreadAuthenticator(ctx, log=logging.getLogger("qfleet.auth"))
+        auth.start()
+        auth.configure_curve_callback(domain="*", credentials_provider=_RunClients(keys.client_public))
+        _authenticators[id(ctx)] = auth
+
+
 def make_socket(ctx: zmq.Context, kind: int, *, hwm: int = DEFAULT_HWM, server: bool = False,
                 keys: Optional[CurveKeys] = None, max_message_bytes: Optional[int] = None) -> zmq.Socket:
     """A socket with explicit HWM, linger, reconnect and heartbeat settings.
 
     `server=True` marks the binding side (for CURVE: it holds the server key pair).
-    `max_message_bytes` makes ZeroMQ drop the connection of a peer that sends a bigger frame.
+    `max_message_bytes` is the application's limit on a whole message: the decoder rejects
+    and counts bigger messages. ZeroMQ itself drops the connection of a peer whose single
+    frame exceeds twice that, so a hostile peer cannot make us buffer arbitrary amounts.
 
     PUSH/PULL get no ZMTP heartbeats: while the rate limiter holds inserts, the server's
     I/O thread stops reading the stream, a PING queued behind the data never arrives, and
@@ -69,11 +101,12 @@ def make_socket(ctx: zmq.Context, kind: int, *, hwm: int = DEFAULT_HWM, server: 
         sock.setsockopt(zmq.SNDBUF, STREAM_BUFFER_BYTES)
         sock.setsockopt(zmq.RCVBUF, STREAM_BUFFER_BYTES)
     if max_message_bytes is not None:
-        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_bytes)
     if kind == zmq.ROUTER:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # replies to vanished peers are dropped, not errors
     if keys is not None:
         if server:
+            require_run_keys(ctx, keys)
             sock.curve_server = True
             sock.curve_secretkey = keys.server_secret
             sock.curve_publickey = keys.server_public

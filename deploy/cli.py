@@ -14,6 +14,7 @@ COMMANDS = {
     "replay-server": ("deploy.replay_process", "run one replay server on its own (manual and cluster deployments)"),
     "config": ("deploy.config_command", "show the default or resolved configuration with every field's meaning"),
     "bench": ("deploy.bench.command", "benchmarks that write their numbers to JSON and a table"),
+    "cluster-config": ("deploy.cluster_command", "render the on-premises cluster config for `ray up`"),
 }
 
 

@@ -1,9 +1,9 @@
-"""Process entry points: each builds one component from its config section and runs it.
+"""Running one component: build it from its config section, wire it, run it, report.
 
-The launcher starts these with multiprocessing's spawn method. A component that needs
-other components' endpoints waits for a `Wiring` on its control pipe; one that binds
-sockets announces its endpoints with a `ready` telemetry report. Every process stops on
-SIGTERM/SIGINT or when its launcher dies, and reports a crash before exiting non-zero.
+Each role has a body, `run_replay` / `run_learner` / `run_actor`, that works the same in a
+spawned process (local mode, `*_main` below) and inside a Ray actor (`deploy.ray_host`).
+A component that binds sockets announces its endpoints with a `ready` report; one that
+needs other components' endpoints waits for a `Wiring` on its control channel.
 
     replay   binds insert + request       -> ready(insert, request)
     learner  binds weights (PUB)          -> ready(weights); waits for Wiring(replay_request)
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from common.config import QfleetConfig
+from common.config_loader import config_to_dict
 from common.envs import EnvSpec
 from common.errors import QfleetError
 from common.netspec import NetSpec
@@ -39,13 +41,31 @@ class Wiring:
 
 
 @dataclass(frozen=True)
+class Start:
+    """How one component starts: fixed ports (a restart binds the ports its predecessor had,
+    so peers reconnect by themselves), whether it resumes saved state (replay: newest
+    snapshot; learner: the checkpoint), and which incarnation it is."""
+
+    ports: tuple = ()
+    resume: bool = False
+    epoch: int = 0            # learner: weights epoch (restarts win over older versions)
+    incarnation: int = 0      # actor: restarts so far, for fresh randomness
+    schedule: Optional[dict] = None  # actor: exploration state to continue from
+
+
+@dataclass(frozen=True)
 class Placement:
-    """Where a component binds and what it reports to (the same for every component of a run)."""
+    """Where components bind, what they advertise to peers, and what they report to."""
 
     telemetry: str
-    host: str = "127.0.0.1"
-    run_dir: str = ""
+    host: str = "127.0.0.1"      # address to bind
+    advertise: str = ""          # address peers use, when binding to 0.0.0.0
+    run_dir: str = ""            # where checkpoints, snapshots and logs go ("" for none)
     keys: Optional[CurveKeys] = None
+
+    def endpoint(self, bound: str) -> str:
+        """The endpoint peers connect to for a socket bound at `bound`."""
+        return bound.replace(self.host, self.advertise, 1) if self.advertise else bound
 
 
 def net_spec(cfg: QfleetConfig, env: EnvSpec) -> NetSpec:
@@ -55,9 +75,159 @@ def net_spec(cfg: QfleetConfig, env: EnvSpec) -> NetSpec:
     return NetSpec("mlp", env.obs_shape, env.num_actions, tuple(cfg.learner.hidden), cfg.learner.dueling)
 
 
-def _run_component(role: str, index: int, place: Placement, body: Callable[[StopFlag, Telemetry], None]) -> None:
+def sent_file(place: Placement, index: int, incarnation: int) -> Optional[str]:
+    """Where actor `index` (its `incarnation`-th process) keeps its sent-transition count."""
+    if not place.run_dir:
+        return None
+    os.makedirs(os.path.join(place.run_dir, "counters"), exist_ok=True)
+    return os.path.join(place.run_dir, "counters", f"actor-{index}.{incarnation}.sent")
+
+
+def _in_run_dir(place: Placement, name: str) -> Optional[str]:
+    return os.path.join(place.run_dir, name) if place.run_dir else None
+
+
+class Control:
+    """The launcher's messages to one component: a Wiring first, then (for the learner) run
+    state dicts, of which only the latest matters. Fed by a pipe (local) or by Ray calls."""
+
+    def __init__(self, pipe: Optional[Connection] = None):
+        self._pipe = pipe
+        self._queue: queue.Queue = queue.Queue()
+        self._state: dict = {}
+
+    def put(self, message: object) -> None:
+        self._queue.put(message)
+
+    def _next(self, timeout: float) -> Optional[object]:
+        if self._pipe is not None:
+            try:
+                return self._pipe.recv() if self._pipe.poll(timeout) else None
+            except (EOFError, OSError):
+                return None
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def wait_wiring(self, stop: StopFlag) -> Optional[Wiring]:
+        waited = 0.0
+        while not stop.is_set() and waited < WIRING_TIMEOUT_S:
+            message = self._next(0.1)
+            if isinstance(message, Wiring):
+                return message
+            if isinstance(message, dict):
+                self._state = message
+            waited += 0.1
+        if stop.is_set():
+            return None
+        raise QfleetError(f"no wiring from the launcher within {WIRING_TIMEOUT_S:g} s")
+
+    def run_state(self) -> dict:
+        while True:
+            message = self._next(0.0)
+            if message is None:
+                return self._state
+            if isinstance(message, dict):
+                self._state = message
+
+
+# -- the bodies ------------------------------------------------------------------------------
+def run_replay(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, stop: StopFlag,
+               telemetry: Telemetry) -> None:
+    from replay_server.build import build_replay_server
+
+    insert_port, request_port = start.ports or (0, 0)
+    server = build_replay_server(cfg.replay, env, max_sample_batch=cfg.learner.batch_size * cfg.learner.batches_per_request,
+                                 host=place.host, insert_port=insert_port, request_port=request_port,
+                                 keys=place.keys, snapshot_dir=_in_run_dir(place, "replay"), seed=cfg.run.seed)
+    restored = server.restore() if start.resume else None
+    if restored:
+        log.info("replay restored from %s (%d transitions)", restored, server.table.size)
+    telemetry.report({"event": "ready", "insert": place.endpoint(server.insert_endpoint),
+                      "request": place.endpoint(server.request_endpoint), "restored_from": restored or "",
+                      "size": server.table.size, "restored_stored": sum(server.stored_by_actor.values())})
+    try:
+        server.serve(stop.is_set)
+        server.drain(quiet_s=0.3, max_s=2.0)  # keep what stopping actors still hand over
+        if server.snapshots is not None:
+            server.snapshot()  # a clean stop leaves everything stored on disk for --resume
+        telemetry.report({"event": "finished", **server.stats()})
+    finally:
+        server.close()
+
+
+def run_learner(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, stop: StopFlag,
+                telemetry: Telemetry, control: Control, solved_threshold: Optional[float],
+                on_checkpoint: Callable[[Path], None] = lambda path: None) -> None:
+    from learner.backend import resolve_device
+    from learner.checkpoint import load_checkpoint
+    from learner.learner import Learner
+    from learner.publisher import WeightPublisher
+    from replay_server.client import ReplayClient
+
+    spec = net_spec(cfg, env)
+    publisher = WeightPublisher(spec=spec, host=place.host, port=start.ports[0] if start.ports else 0,
+                                keys=place.keys, republish_s=cfg.learner.republish_s, epoch=start.epoch)
+    telemetry.report({"event": "ready", "weights": place.endpoint(publisher.endpoint)})
+    wiring = control.wait_wiring(stop)
+    if wiring is None:
+        return
+    replay = ReplayClient(obs_shape=env.obs_shape, obs_dtype=env.obs_dtype, request_endpoint=wiring.replay_request,
+                          keys=place.keys, timeout=cfg.learner.sample_timeout_s)
+    device = resolve_device(cfg.learner.device)
+    checkpoint = _in_run_dir(place, "checkpoint.npz")
+    learner = Learner(cfg=cfg.learner, spec=spec, env=env, solved_threshold=solved_threshold,
+                      replay=replay, publisher=publisher, device=device, seed=cfg.run.seed, telemetry=telemetry,
+                      checkpoint_path=Path(checkpoint) if checkpoint else None, max_updates=cfg.run.max_updates,
+                      meta={"env": cfg.run.env, "config": config_to_dict(cfg)}, run_state=control.run_state,
+                      on_checkpoint=on_checkpoint)
+    if start.resume and checkpoint and Path(checkpoint).exists():
+        learner.restore(*load_checkpoint(checkpoint))
+    log.info("learner on %s (%s backend), epoch %d", device, learner.backend, start.epoch)
+    summary = learner.run(stop.is_set)
+    telemetry.report({"event": "finished", **{k: v for k, v in summary.items() if v is not None}})
+    publisher.close()
+    replay.close()
+
+
+def run_actor(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, stop: StopFlag,
+              telemetry: Telemetry, control: Control, index: int) -> None:
+    from actors.actor import Actor
+    from actors.weights import WeightSubscriber
+    from replay_server.client import ReplayClient
+
+    wiring = control.wait_wiring(stop)
+    if wiring is None:
+        return
+    replay = ReplayClient(obs_shape=env.obs_shape, obs_dtype=env.obs_dtype, insert_endpoint=wiring.replay_insert,
+                          keys=place.keys, insert_hwm=4)
+    weights = WeightSubscriber(spec=net_spec(cfg, env), endpoint=wiring.weights, keys=place.keys)
+    # A restarted actor gets fresh randomness, not a replay of its predecessor's.
+    actor = Actor(cfg=cfg.actor, index=index, num_actors=cfg.run.actors, env=env, net=net_spec(cfg, env),
+                  replay=replay, weights=weights, max_insert_batch=cfg.replay.max_insert_batch,
+                  seed=cfg.run.seed + 7919 * start.incarnation, telemetry=telemetry,
+                  sent_file=sent_file(place, index, start.incarnation))
+    if start.schedule:
+        actor.schedule.load(start.schedule)
+    actor.run(stop.is_set)
+    weights.close()
+    replay.close(linger_s=1.0)  # let the last inserts reach the draining replay server
+
+
+def report_crash(name: str, telemetry: Telemetry, exc: BaseException) -> None:
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, QfleetError):
+        log.error("%s stopped: %s", name, detail)
+    else:
+        log.error("%s crashed:\n%s", name, traceback.format_exc())
+    telemetry.report({"event": "error", "message": detail[:2000]})
+
+
+# -- local mode: one spawned process per component --------------------------------------------
+def _process(role: str, index: int, place: Placement, body: Callable[[StopFlag, Telemetry], None]) -> None:
     name = role if role != "actor" else f"actor-{index}"
-    log_path = os.path.join(place.run_dir, "logs", f"{name}.log") if place.run_dir else None
+    log_path = _in_run_dir(place, os.path.join("logs", f"{name}.log"))
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     setup_logging(name, path=log_path)
@@ -66,93 +236,22 @@ def _run_component(role: str, index: int, place: Placement, body: Callable[[Stop
     try:
         body(stop, telemetry)
     except BaseException as exc:
-        detail = f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, QfleetError):
-            log.error("%s crashed:\n%s", name, traceback.format_exc())
-        else:
-            log.error("%s stopped: %s", name, detail)
-        telemetry.report({"event": "error", "message": detail[:2000]})
+        report_crash(name, telemetry, exc)
         telemetry.close()
         raise SystemExit(1)
     telemetry.close()
 
 
-def _wait_wiring(control: Connection, stop: StopFlag) -> Optional[Wiring]:
-    waited = 0.0
-    while not stop.is_set() and waited < WIRING_TIMEOUT_S:
-        if control.poll(0.1):
-            return control.recv()
-        waited += 0.1
-    if stop.is_set():
-        return None
-    raise QfleetError(f"no wiring from the launcher within {WIRING_TIMEOUT_S:g} s")
+def replay_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start) -> None:
+    _process("replay", 0, place, lambda stop, tel: run_replay(cfg, env, place, start, stop, tel))
 
 
-def replay_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, snapshot_dir: Optional[str] = None,
-                resume: bool = False) -> None:
-    def body(stop: StopFlag, telemetry: Telemetry) -> None:
-        from replay_server.build import build_replay_server
-
-        server = build_replay_server(cfg.replay, env, max_sample_batch=cfg.learner.batch_size * cfg.learner.batches_per_request,
-                                     host=place.host, keys=place.keys, snapshot_dir=snapshot_dir, seed=cfg.run.seed)
-        if resume and server.snapshots is not None:
-            path = server.snapshots.load_latest(server.table)
-            log.info("resumed replay from %s (%d transitions)", path, server.table.size)
-        telemetry.report({"event": "ready", "insert": server.insert_endpoint, "request": server.request_endpoint})
-        try:
-            server.serve(stop.is_set)
-            server.drain(quiet_s=0.3, max_s=2.0)  # keep what stopping actors still hand over
-            telemetry.report({"event": "finished", **server.stats()})
-        finally:
-            server.close()
-    _run_component("replay", 0, place, body)
-
-
-def learner_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, control: Connection,
+def learner_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, pipe: Connection, start: Start,
                  solved_threshold: Optional[float]) -> None:
-    def body(stop: StopFlag, telemetry: Telemetry) -> None:
-        from learner.backend import resolve_device
-        from learner.learner import Learner
-        from learner.publisher import WeightPublisher
-        from replay_server.client import ReplayClient
-
-        spec = net_spec(cfg, env)
-        publisher = WeightPublisher(spec=spec, host=place.host, keys=place.keys, republish_s=cfg.learner.republish_s)
-        telemetry.report({"event": "ready", "weights": publisher.endpoint})
-        wiring = _wait_wiring(control, stop)
-        if wiring is None:
-            return
-        replay = ReplayClient(obs_shape=env.obs_shape, obs_dtype=env.obs_dtype, request_endpoint=wiring.replay_request,
-                              keys=place.keys, timeout=cfg.learner.sample_timeout_s)
-        device = resolve_device(cfg.learner.device)
-        learner = Learner(cfg=cfg.learner, spec=spec, env=env, solved_threshold=solved_threshold,
-                          replay=replay, publisher=publisher, device=device, seed=cfg.run.seed, telemetry=telemetry,
-                          checkpoint_path=Path(place.run_dir) / "checkpoint.npz" if place.run_dir else None,
-                          max_updates=cfg.run.max_updates, meta={"env": cfg.run.env})
-        log.info("learner on %s (%s backend)", device, learner.backend)
-        summary = learner.run(stop.is_set)
-        telemetry.report({"event": "finished", **{k: v for k, v in summary.items() if v is not None}})
-        publisher.close()
-        replay.close()
-    _run_component("learner", 0, place, body)
+    _process("learner", 0, place, lambda stop, tel: run_learner(cfg, env, place, start, stop, tel, Control(pipe),
+                                                                solved_threshold))
 
 
-def actor_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, control: Connection, index: int) -> None:
-    def body(stop: StopFlag, telemetry: Telemetry) -> None:
-        from actors.actor import Actor
-        from actors.weights import WeightSubscriber
-        from replay_server.client import ReplayClient
-
-        wiring = _wait_wiring(control, stop)
-        if wiring is None:
-            return
-        replay = ReplayClient(obs_shape=env.obs_shape, obs_dtype=env.obs_dtype, insert_endpoint=wiring.replay_insert,
-                              keys=place.keys, insert_hwm=4)
-        weights = WeightSubscriber(spec=net_spec(cfg, env), endpoint=wiring.weights, keys=place.keys)
-        actor = Actor(cfg=cfg.actor, index=index, num_actors=cfg.run.actors, env=env, net=net_spec(cfg, env),
-                      replay=replay, weights=weights, max_insert_batch=cfg.replay.max_insert_batch,
-                      seed=cfg.run.seed, telemetry=telemetry)
-        actor.run(stop.is_set)
-        weights.close()
-        replay.close(linger_s=1.0)  # let the last inserts reach the draining replay server
-    _run_component("actor", index, place, body)
+def actor_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, pipe: Connection, index: int, start: Start) -> None:
+    _process("actor", index, place, lambda stop, tel: run_actor(cfg, env, place, start, stop, tel, Control(pipe),
+                                                                index))

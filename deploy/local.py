@@ -6,174 +6,114 @@ Connections (all ZeroMQ, ports chosen by the OS):
     learner  --sample/priorities-> replay server
     learner  --weights (PUB)-->    actors          (endpoint from the learner's ready report)
     everyone --reports-->          this launcher   (telemetry PULL, bound before anything starts)
+
+Supervision: a dead actor is restarted at once; a dead replay server is restarted on the
+same ports from its newest snapshot and a dead learner from its newest checkpoint (peers
+reconnect by themselves), up to run.max_core_restarts times.
 """
 from __future__ import annotations
 
-import json
-import multiprocessing as mp
-import os
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable, Optional
 
-import zmq
+import numpy as np
 
-from common import messages as m
-from common.codec import decode
 from common.config import QfleetConfig
 from common.envs import EnvSpec
-from common.errors import CodecError, QfleetTimeout
-from common.metrics import JsonlWriter
-from common.sockets import bind, make_socket
-from deploy.components import Placement, Wiring, actor_main, learner_main, replay_main
+from common.errors import QfleetTimeout
+from deploy.children import Child, Children, port_of
+from deploy.components import Placement, Start, Wiring, sent_file
+from deploy.launcher import SHUTDOWN_GRACE_S, Launcher
 from deploy.processes import StopFlag
-from deploy.progress import Progress
 from replay_server.client import ReplayClient
 
-STARTUP_TIMEOUT_S = 120.0
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-SHUTDOWN_GRACE_S = 4.0
 
-
-@contextmanager
-def blas_threads(n: int):
-    """Set the BLAS/OpenMP thread count for children spawned inside this block. Without it
-    every process starts one BLAS thread per core and, on a small machine, they thrash
-    (measured: a learner update 2.7x slower with the actors running)."""
-    saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
-    os.environ.update({k: str(n) for k in THREAD_VARIABLES})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@dataclass
-class Child:
-    role: str
-    index: int
-    process: mp.Process
-    control: Optional[Connection] = None
-    restarts: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def name(self) -> str:
-        return self.role if self.role != "actor" else f"actor-{self.index}"
-
-
-class LocalLauncher:
+class LocalLauncher(Launcher):
     def __init__(self, cfg: QfleetConfig, env: EnvSpec, run_dir: Path, solved_threshold: Optional[float],
-                 stop: StopFlag, say: Callable[[str], None] = print):
-        self.cfg, self.env, self.run_dir = cfg, env, run_dir
-        self.solved_threshold = solved_threshold
-        self.stop, self.say = stop, say
-        self.ctx = mp.get_context("spawn")
-        self.zmq = zmq.Context.instance()
-        self.telemetry = make_socket(self.zmq, zmq.PULL, hwm=10_000, server=True)
-        self.place = Placement(telemetry=bind(self.telemetry, "127.0.0.1"), host="127.0.0.1", run_dir=str(run_dir))
-        self.progress = Progress(cfg.run.actors)
-        self.children: dict[str, Child] = {}
-        self.wiring: Optional[Wiring] = None
+                 stop: StopFlag, say: Callable[[str], None] = print, resume_state: Optional[dict] = None):
+        super().__init__(cfg, env, run_dir, stop, say, resume_state)
+        place = Placement(telemetry=self.telemetry_endpoint, host="127.0.0.1", run_dir=str(run_dir))
+        self.children = Children(cfg, env, place, solved_threshold, run_dir)
         self.replay_client: Optional[ReplayClient] = None
-        self.actor_restarts = 0
-        self.metrics = JsonlWriter(run_dir / "metrics.jsonl")
-        self.episodes = open(run_dir / "episodes.csv", "a", buffering=1)
-        if self.episodes.tell() == 0:
-            self.episodes.write("elapsed_s,actor,return,length\n")
 
     # -- starting ------------------------------------------------------------------------
-    def _spawn(self, role: str, index: int = 0) -> Child:
-        control = None
-        if role == "replay":
-            args = (self.cfg, self.env, self.place)
-            target = replay_main
-        else:
-            receiver, control = self.ctx.Pipe(duplex=False)
-            if role == "learner":
-                target, args = learner_main, (self.cfg, self.env, self.place, receiver, self.solved_threshold)
-            else:
-                target, args = actor_main, (self.cfg, self.env, self.place, receiver, index)
-        proc = self.ctx.Process(target=target, args=args, name=f"qfleet-{role}-{index}", daemon=False)
-        with blas_threads(self.cfg.learner.threads if role == "learner" else 1):
-            proc.start()  # the child reads these variables when it imports numpy
-        child = Child(role, index, proc, control)
-        self.children[child.name] = child
-        (self.run_dir / "processes.json").write_text(json.dumps(
-            {c.name: c.process.pid for c in self.children.values()}, indent=1))
-        if control is not None and self.wiring is not None:
-            control.send(self.wiring)
-        return child
-
     def _start(self) -> None:
-        self._spawn("replay")
-        self._spawn("learner")
+        resume = self.resume_state is not None
+        self.children.spawn("replay", Start(resume=resume))
+        self.children.spawn("learner", Start(resume=resume))
         for i in range(self.cfg.run.actors):
-            self._spawn("actor", i)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not ({"replay", "learner"} <= set(self.progress.ready)):
-            if self.stop.is_set():
-                return
-            self._check_children()
-            if self.progress.errors:
-                raise RuntimeError(self.progress.errors[0])
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"components not ready after {STARTUP_TIMEOUT_S:g} s: "
-                                   f"ready {sorted(self.progress.ready)}")
-            self._drain_telemetry(0.05)
+            self.children.spawn("actor", Start(schedule=self.progress.schedule_for(i)), index=i)
+        self._wait_ready({"replay", "learner"}, self._failed_to_start)
         replay, learner = self.progress.ready["replay"], self.progress.ready["learner"]
-        self.wiring = Wiring(replay["insert"], replay["request"], learner["weights"])
-        for child in self.children.values():
-            if child.control is not None:
-                child.control.send(self.wiring)
+        self.children.wire(Wiring(replay["insert"], replay["request"], learner["weights"]))
+        self._write_endpoints()
         self.replay_client = ReplayClient(obs_shape=self.env.obs_shape, obs_dtype=self.env.obs_dtype,
-                                          request_endpoint=self.wiring.replay_request, timeout=0.5)
+                                          request_endpoint=replay["request"], timeout=0.5)
+
+    def _failed_to_start(self) -> Optional[str]:
+        for child in self.children:
+            if child.role != "actor" and child.process.exitcode is not None:
+                return (f"the {child.role} failed to start (exit code {child.process.exitcode}): "
+                        f"{'; '.join(self.progress.errors) or 'see ' + self._log(child)}")
+        return None
+
+    def _log(self, child: Child) -> str:
+        return str(self.run_dir / "logs" / f"{child.name}.log")
 
     # -- supervising -----------------------------------------------------------------------
-    def _drain_telemetry(self, timeout_s: float) -> None:
-        if not self.telemetry.poll(int(timeout_s * 1000)):
-            return
-        while True:
-            try:
-                frames = self.telemetry.recv_multipart(copy=False, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                report = m.unpack(m.Report, decode(frames, {m.REPORT: m.REPORT_SCHEMA}))
-            except CodecError:
-                continue
-            self.progress.take(report)
-            if report.values.get("event") == "eval":
-                self.metrics.write({"time/elapsed_s": round(self.progress.elapsed, 3),
-                                    **{f"eval/{k[5:] if k.startswith('eval_') else k}": v
-                                       for k, v in report.values.items() if k != "event"}})
-
     def _check_children(self) -> Optional[str]:
-        """Restart dead actors; returns a failure message if the replay server or learner died."""
-        for name, child in list(self.children.items()):
+        for child in self.children:
             code = child.process.exitcode
-            if code is None:
+            if code is None or (child.role == "learner" and code == 0):  # 0: update budget done
                 continue
-            if child.role != "actor":
-                if child.role == "learner" and code == 0:
-                    continue  # finished its update budget
+            if child.role == "actor":
+                if self.actor_restarts >= self.cfg.run.max_actor_restarts:
+                    return f"{child.name} died (exit code {code}) and the restart limit " \
+                           f"({self.cfg.run.max_actor_restarts}) is spent"
+                self.actor_restarts += 1
+                self._record_fault(child.name, child.role, child.process.pid, code, self._sent_exact())
+                self.say(f"{child.name} (pid {child.process.pid}) died with exit code {code}; restarting it "
+                         f"({self.actor_restarts} restart(s) so far)")
+                self.progress.retire_actor(child.index, self._read_sent(child))
+                self.children.spawn("actor", Start(incarnation=child.restarts + 1,
+                                                   schedule=self.progress.schedule_for(child.index)),
+                                    index=child.index, restarts=child.restarts + 1)
+                continue
+            if self.core_restarts >= self.cfg.run.max_core_restarts:
                 return (f"the {child.role} (pid {child.process.pid}) exited with code {code}; stopping the run "
-                        f"(see {self.run_dir / 'logs' / (child.name + '.log')})")
-            if self.actor_restarts >= self.cfg.run.max_actor_restarts:
-                return f"{name} died (exit code {code}) and the restart limit ({self.cfg.run.max_actor_restarts}) is spent"
-            self.actor_restarts += 1
-            self.say(f"{name} (pid {child.process.pid}) died with exit code {code}; restarting it "
-                     f"({self.actor_restarts} restart(s) so far)")
-            restarted = self._spawn("actor", child.index)
-            restarted.restarts = child.restarts + 1
+                        f"(see {self._log(child)})")
+            self.core_restarts += 1
+            self._record_fault(child.name, child.role, child.process.pid, code, self._sent_exact())
+            what = "its newest snapshot" if child.role == "replay" else "its newest checkpoint"
+            self.say(f"the {child.role} (pid {child.process.pid}) died with exit code {code}; restarting it from "
+                     f"{what} ({self.core_restarts} of {self.cfg.run.max_core_restarts} restart(s))")
+            self.children.spawn(child.role, self._restart_start(child), restarts=child.restarts + 1)
         return None
+
+    def _sent_exact(self) -> int:
+        """Transitions all actors have handed to ZeroMQ so far, from their counter files
+        (reports can be half a second old); falls back to reports where there is no file."""
+        total = sum(self.progress.retired_sent.values())
+        for child in self.children:
+            if child.role == "actor":
+                exact = self._read_sent(child)
+                total += exact if exact is not None else \
+                    self.progress.actors.get(child.index, {}).get("transitions_sent", 0)
+        return total
+
+    def _read_sent(self, child: Child) -> Optional[int]:
+        path = sent_file(self.children.place, child.index, child.start.incarnation)
+        try:
+            return int(np.fromfile(path, np.int64, count=1)[0]) if path else None
+        except (OSError, IndexError):
+            return None
+
+    def _restart_start(self, child: Child) -> Start:
+        ready = self.progress.ready[child.role]
+        if child.role == "replay":
+            return Start(ports=(port_of(ready["insert"]), port_of(ready["request"])), resume=True)
+        return Start(ports=(port_of(ready["weights"]),), resume=True, epoch=child.start.epoch + 1)
 
     def _poll_replay(self) -> None:
         if self.replay_client is None or self.progress.replay_final:
@@ -183,72 +123,28 @@ class LocalLauncher:
         except QfleetTimeout:
             pass
 
-    def _stop_reason(self) -> Optional[str]:
-        run, p = self.cfg.run, self.progress
-        if self.stop.is_set():
-            return "interrupted"
-        if p.solved_after_s is not None and run.stop_when_solved:
-            return "solved"
-        if p.elapsed >= run.max_seconds:
-            return "time budget reached"
-        if run.max_env_steps and p.env_steps() >= run.max_env_steps:
-            return "env-step budget reached"
+    def _send_run_state(self, state: dict) -> None:
+        self.children.send("learner", state)
+
+    def _learner_done(self) -> bool:
         learner = self.children.get("learner")
-        if learner is not None and learner.process.exitcode == 0:
-            return "update budget reached"
-        return None
+        return learner is not None and learner.process.exitcode == 0
 
-    def _tick(self) -> None:
-        self._poll_replay()
-        tick = self.progress.snapshot()
-        self.metrics.write(tick)
-        for elapsed, actor, ret, length in self.progress.take_episodes():
-            self.episodes.write(f"{elapsed:.3f},{actor},{ret:g},{length}\n")
-        self.say(self.progress.status_line(tick))
-
-    def run(self) -> tuple[int, str]:
-        """Start, supervise until a stop reason, shut down. Returns (exit code, reason)."""
-        failure, reason = None, None
-        try:
-            self._start()
-            last_tick = time.monotonic()
-            while True:
-                self._drain_telemetry(0.02)
-                failure = self._check_children() or (self.progress.errors[0] if self.progress.errors and
-                                                      any(e.startswith(("replay", "learner")) for e in self.progress.errors)
-                                                      else None)
-                if failure:
-                    reason = "failed"
-                    break
-                reason = self._stop_reason()
-                if reason:
-                    break
-                if time.monotonic() - last_tick >= self.cfg.run.status_every_s:
-                    self._tick()
-                    last_tick = time.monotonic()
-        except RuntimeError as exc:
-            failure, reason = str(exc), "failed"
-        finally:
-            self._shutdown()
-        self._tick()
-        if failure:
-            self.say(f"error: {failure}")
-            return 1, reason
-        return (130 if reason == "interrupted" else 0), reason
-
+    # -- stopping ------------------------------------------------------------------------
     def _shutdown(self) -> None:
-        """SIGTERM everything at once: actors hand over pending transitions while the replay
-        server drains its insert socket (rate limiter bypassed) and the learner writes its
-        checkpoint; SIGKILL whatever is still alive after SHUTDOWN_GRACE_S."""
-        for child in self.children.values():
-            if child.process.exitcode is None:
-                child.process.terminate()
+        """Stop actors and the replay server first: actors hand over what is pending while
+        the server drains its insert socket (rate limiter bypassed) and snapshots. Once the
+        actors' final counts are in, the learner gets them and stops, writing its checkpoint.
+        Whatever is still alive after SHUTDOWN_GRACE_S is killed."""
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        for child in self.children.values():
-            while child.process.exitcode is None and time.monotonic() < deadline:
-                child.process.join(0.05)
-                self._drain_telemetry(0.0)
-        for child in self.children.values():
+        learner = self.children.get("learner")
+        first = [c for c in self.children if c is not learner]
+        self._terminate(first, time.monotonic() + 0.6 * SHUTDOWN_GRACE_S, wait_for=[c for c in first if c.role == "actor"])
+        if learner is not None:
+            self.children.send("learner", self.progress.run_state())
+            self._terminate([learner], deadline, wait_for=[learner])
+        self._terminate([], deadline, wait_for=list(self.children))
+        for child in self.children:
             if child.process.exitcode is None:
                 self.say(f"{child.name} did not stop within {SHUTDOWN_GRACE_S:g} s; killing it")
                 child.process.kill()
@@ -257,23 +153,13 @@ class LocalLauncher:
         if self.replay_client is not None:
             self.replay_client.close()
 
-    def close(self) -> None:
-        self.metrics.close()
-        self.episodes.close()
-        self.telemetry.close(0)
-
-    def summary(self, reason: str) -> dict:
-        p = self.progress
-        best = max(p.evals, key=lambda e: e["eval_mean"]) if p.evals else None
-        return {"reason": reason, "env": self.cfg.run.env, "solved": p.solved_after_s is not None,
-                "solved_after_s": p.solved_after_s, "solved_wall_time": p.solved_wall,
-                "started_wall_time": p.started_wall, "elapsed_s": p.elapsed, "env_steps": p.env_steps(),
-                "transitions_sent": p.sent(), "updates": p.learner.get("updates", 0),
-                "best_eval": best, "evaluations": len(p.evals), "episodes": p.episodes,
-                "actor_restarts": self.actor_restarts, "replay": p.replay, "learner": p.learner_summary,
-                "actors": {str(i): a for i, a in sorted(p.actors.items())},
-                "errors": p.errors, "run_dir": str(self.run_dir)}
-
-
-def write_summary(run_dir: Path, summary: dict) -> None:
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    def _terminate(self, targets: list[Child], until: float, wait_for: list[Child]) -> None:
+        """SIGTERM `targets`, then wait (reading reports) until `wait_for` exited or `until`."""
+        for child in targets:
+            if child.process.exitcode is None:
+                child.process.terminate()
+        for child in wait_for:
+            while child.process.exitcode is None and time.monotonic() < until:
+                child.process.join(0.05)
+                self._drain_telemetry(0.0)
+        self._drain_telemetry(0.0)

@@ -12,17 +12,21 @@ from common import messages as m
 
 
 class Progress:
-    def __init__(self, num_actors: int):
+    def __init__(self, num_actors: int, resumed: Optional[dict] = None):
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.actors: dict[int, dict] = {}
         self.learner: dict = {}
         self.replay: dict = {}
-        self.evals: list[dict] = []
+        self.evals: deque = deque(maxlen=1000)   # newest evaluations (all are in metrics.jsonl)
+        self.best_eval: Optional[dict] = None
+        self.evaluations = 0
         self.returns100: deque = deque(maxlen=100)
-        self.episodes = 0
         self.new_episodes: list[tuple[float, int, float, int]] = []  # (elapsed, actor, return, length)
-        self.lags_ms: list[float] = []
+        self.new_lags: list[tuple[float, int, str, float]] = []       # (elapsed, actor, "ms"|"versions", value)
+        self._version_probes: deque = deque(maxlen=100_000)           # (elapsed, actor, its version)
+        self._learner_versions: deque = deque(maxlen=4)               # (elapsed, learner version)
+        self.lags_ms: deque = deque(maxlen=10_000)  # newest publish -> first use delays
         self.solved_after_s: Optional[float] = None
         self.solved_wall: Optional[float] = None
         self.ready: dict[str, dict] = {}
@@ -31,6 +35,13 @@ class Progress:
         self.replay_final = False  # replay stats are the server's own final count
         self.num_actors = num_actors
         self._rates: dict[str, tuple[float, float]] = {}
+        # Counters of actor processes that died (their successors count from zero), and of
+        # the run this one resumes.
+        self.retired_sent: dict[int, int] = {}
+        self.retired_steps = 0
+        self.resumed = dict(resumed or {})
+        self.episodes = int(self.resumed.get("episodes", 0))
+        self.schedules: dict[int, dict] = {}
 
     @property
     def elapsed(self) -> float:
@@ -45,7 +56,11 @@ class Progress:
         elif event == "error":
             self.errors.append(f"{name}: {v.get('message')}")
         elif event == "eval":
-            self.evals.append({**v, "elapsed_s": self.elapsed})
+            record = {**v, "elapsed_s": self.elapsed}
+            self.evals.append(record)
+            self.evaluations += 1
+            if self.best_eval is None or record["eval_mean"] > self.best_eval["eval_mean"]:
+                self.best_eval = record
             if v.get("solved") and self.solved_after_s is None:
                 self.solved_after_s, self.solved_wall = self.elapsed, time.time()
         elif event == "finished" and report.role == "learner":
@@ -55,6 +70,8 @@ class Progress:
             self.replay_final = True
         elif report.role == "actor":
             self.actors[report.index] = dict(v)
+            self.schedules[report.index] = {"env_steps": v.get("schedule_env_steps", 0),
+                                            "episodes": v.get("schedule_episodes", 0)}
         elif report.role == "learner":
             self.learner = dict(v)
         if report.episode_returns is not None and len(report.episode_returns):
@@ -65,13 +82,54 @@ class Progress:
             self.episodes += len(report.episode_returns)
         if report.lag_ms is not None and len(report.lag_ms):
             self.lags_ms.extend(report.lag_ms.tolist())
+            now = self.elapsed
+            self.new_lags += [(now, report.index, "ms", x) for x in report.lag_ms.tolist()]
+        if report.role == "actor" and event is None and v.get("weights_version", -1) >= 0:
+            self._version_probes.append((self.elapsed, report.index, v["weights_version"]))
+        if report.role == "learner" and event is None and "version" in v:
+            self._learner_versions.append((self.elapsed, v["version"]))
+            self._resolve_version_lags()
+
+    def retire_actor(self, index: int, sent_exact: Optional[int] = None) -> None:
+        """An actor process died: keep its counts (its successor reports from zero).
+        `sent_exact` is its own final count, when it could be read; else its last report."""
+        last = self.actors.pop(index, {})
+        self.retired_steps += last.get("env_steps", 0)
+        sent = last.get("transitions_sent", 0) if sent_exact is None else sent_exact
+        self.retired_sent[index] = self.retired_sent.get(index, 0) + sent
+
+    def schedule_for(self, index: int) -> Optional[dict]:
+        """Exploration state for (a successor of) actor `index`: its own last report, the
+        resumed run's state for that index, or the resumed run's average per actor."""
+        if index in self.schedules:
+            return self.schedules[index]
+        saved = self.resumed.get("schedules", {})
+        if str(index) in saved:
+            return saved[str(index)]
+        if self.resumed:
+            n = max(1, self.num_actors)
+            return {"env_steps": int(self.resumed.get("env_steps", 0)) // n,
+                    "episodes": int(self.resumed.get("episodes", 0)) // n}
+        return None
+
+    def run_state(self) -> dict:
+        """What a checkpoint keeps of the run besides the learner: counters and exploration."""
+        return {"env_steps": self.env_steps(), "episodes": self.episodes,
+                "schedules": {str(i): self.schedule_for(i) for i in range(self.num_actors)
+                              if self.schedule_for(i) is not None}}
 
     # -- derived numbers ---------------------------------------------------------------
     def env_steps(self) -> int:
-        return sum(a.get("env_steps", 0) for a in self.actors.values())
+        return (int(self.resumed.get("env_steps", 0)) + self.retired_steps
+                + sum(a.get("env_steps", 0) for a in self.actors.values()))
+
+    def sent_by_actor(self) -> dict[int, int]:
+        indices = set(self.actors) | set(self.retired_sent)
+        return {i: self.retired_sent.get(i, 0) + self.actors.get(i, {}).get("transitions_sent", 0)
+                for i in sorted(indices)}
 
     def sent(self) -> int:
-        return sum(a.get("transitions_sent", 0) for a in self.actors.values())
+        return sum(self.sent_by_actor().values())
 
     def rate(self, key: str, value: float) -> float:
         """Per-second rate of a counter since the previous call with the same key."""
@@ -94,7 +152,7 @@ class Progress:
         """The metrics of one status tick, with namespaced names."""
         steps, updates = self.env_steps(), self.learner.get("updates", 0)
         last_eval = self.evals[-1] if self.evals else {}
-        lags = np.array(self.lags_ms[-1000:]) if self.lags_ms else None
+        lags = np.array(list(self.lags_ms)[-1000:]) if self.lags_ms else None
         return {
             "time/elapsed_s": round(self.elapsed, 3),
             "actors/env_steps": steps,
@@ -107,8 +165,12 @@ class Progress:
             "learner/loss": self.learner.get("loss"),
             "learner/version": self.learner.get("version"),
             "learner/data_wait_fraction": self.learner.get("data_wait_fraction"),
+            "learner/data_wait_s": self.learner.get("data_wait_s"),
+            "learner/sample_latency_p50_ms": self.learner.get("sample_latency_p50_ms"),
+            "learner/sample_latency_p99_ms": self.learner.get("sample_latency_p99_ms"),
             "replay/size": self.replay.get("size"),
             "replay/stored": self.replay.get("stored"),
+            "replay/sampled": self.replay.get("sampled"),
             "replay/samples_per_insert": self.replay.get("samples_per_insert"),
             "replay/rejected": self.replay.get("rejected"),
             "train/episodes": self.episodes,
@@ -131,4 +193,22 @@ class Progress:
 
     def take_episodes(self) -> list[tuple[float, int, float, int]]:
         rows, self.new_episodes = self.new_episodes, []
+        return rows
+
+    def _resolve_version_lags(self) -> None:
+        """Versions behind for each actor report between the last two learner reports, with
+        the learner's version interpolated at the actor report's time (learner reports are
+        0.5 s apart, a dozen versions at a few hundred updates/s)."""
+        if len(self._learner_versions) < 2:
+            return
+        (t0, v0), (t1, v1) = self._learner_versions[-2], self._learner_versions[-1]
+        while self._version_probes and self._version_probes[0][0] <= t1:
+            t, actor, version = self._version_probes.popleft()
+            if t < t0:
+                continue
+            learner = v0 + (v1 - v0) * (t - t0) / (t1 - t0) if t1 > t0 else v1
+            self.new_lags.append((t, actor, "versions", max(0.0, learner - version)))
+
+    def take_lags(self) -> list[tuple[float, int, str, float]]:
+        rows, self.new_lags = self.new_lags, []
         return rows

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.snapshot_dir:
             raise SystemExit("--resume needs --snapshot-dir")
-        path = server.snapshots.load_latest(server.table)
+        path = server.restore()
         log.info("resumed from %s (%d transitions)", path, server.table.size)
     stop = StopFlag()
     print(json.dumps({"insert": server.insert_endpoint, "request": server.request_endpoint,

@@ -20,7 +20,7 @@ from replay_server.storage import transition_dtype
 FLAGS = {  # flag -> config field it sets
     "env": "run.env", "actors": "run.actors", "envs_per_actor": "actor.envs_per_actor", "seed": "run.seed",
     "max_seconds": "run.max_seconds", "run_dir": "run.run_dir", "name": "run.name", "backend": "run.backend",
-    "obs": "run.obs",
+    "address": "ray.address", "obs": "run.obs",
 }
 
 
@@ -35,15 +35,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", help="folder for run directories (default runs)")
     p.add_argument("--name", help="run name (default <env>-<time>)")
     p.add_argument("--backend", choices=("local", "ray"), help="where to run (default local)")
+    p.add_argument("--address", help="with --backend ray: 'auto' or HOST:PORT of a running Ray cluster "
+                   "(default: the cluster of a Ray job, else a new local Ray)")
     p.add_argument("--obs", choices=("vector", "pixels"),
                    help="observe the environment's vectors (MLP) or its rendered frames (CNN; see the pixels section)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint and replay snapshot "
+                   "(its config.yaml is the base; --set and flags such as --actors still apply)")
 
 
 def resolve(args: argparse.Namespace) -> tuple[QfleetConfig, EnvSpec]:
     """The checked config (with derived values filled in) and the environment's spec."""
     overrides = [f"{field}={getattr(args, flag)}" for flag, field in FLAGS.items()
                  if getattr(args, flag, None) is not None]
-    cfg = load_config(args.config, list(args.set) + overrides)
+    base = args.config
+    if getattr(args, "resume", None):
+        base = Path(args.resume) / "config.yaml"
+        if not base.is_file():
+            raise ConfigError(f"--resume {args.resume}: no config.yaml there; pass the directory of a qfleet run")
+    cfg = load_config(base, list(args.set) + overrides)
     env = describe_run_env(cfg)
     threshold = cfg.learner.solved_threshold if cfg.learner.solved_threshold is not None else env.reward_threshold
     sample_batch = cfg.learner.batch_size * cfg.learner.batches_per_request
@@ -91,25 +100,53 @@ def make_run_dir(cfg: QfleetConfig) -> Path:
     return run_dir
 
 
+def check_resume(run_dir: Path, cfg: QfleetConfig, env: EnvSpec) -> dict:
+    """The checkpoint's run state, after checking the checkpoint and the newest replay
+    snapshot fit this config (CheckpointError naming what differs)."""
+    from deploy.components import net_spec
+    from learner.checkpoint import load_checkpoint
+    from learner.learner import check_compatible
+    from replay_server.snapshot import check_newest
+
+    _, meta = load_checkpoint(run_dir / "checkpoint.npz")
+    check_compatible(meta, net_spec(cfg, env), env.env_id)
+    check_newest(run_dir / "replay", env.obs_shape, env.obs_dtype, cfg.replay.capacity)
+    return meta.get("run_state") or {"env_steps": 0, "episodes": 0}
+
+
 def run(args: argparse.Namespace) -> int:
     stop = StopFlag()
     cfg, env = resolve(args)
-    if cfg.run.backend == "ray":
-        raise ConfigError("the ray backend is not available in this version; use --backend local")
-    run_dir = make_run_dir(cfg)
+    resume_state = None
+    if args.resume and cfg.run.backend == "ray":
+        raise ConfigError("--resume works in local mode; on the Ray backend a run starts afresh")
+    if args.resume:
+        run_dir = Path(args.resume)
+        resume_state = check_resume(run_dir, cfg, env)
+    else:
+        run_dir = make_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
-    print(f"qfleet: training {env.env_id} with {cfg.run.actors} actor(s) x {cfg.actor.envs_per_actor} envs; "
-          f"solved at greedy mean >= {cfg.learner.solved_threshold}; run directory {run_dir}", flush=True)
+    print(f"qfleet: {'resuming' if resume_state is not None else 'training'} {env.env_id} with {cfg.run.actors} "
+          f"actor(s) x {cfg.actor.envs_per_actor} envs; solved at greedy mean >= {cfg.learner.solved_threshold}; "
+          f"run directory {run_dir}", flush=True)
     if env.pixels is not None:
         per_item = transition_dtype(env.obs_shape, env.obs_dtype).itemsize
         print(f"qfleet: observing pixels: stacks of {env.pixels.frame_stack} {env.pixels.size}x{env.pixels.size} "
               f"grey frames (uint8); replay stores {per_item:,} bytes per transition, "
               f"{per_item * cfg.replay.capacity / 2**20:,.0f} MiB at capacity {cfg.replay.capacity:,} "
               f"(deploy/configs/cartpole-pixels.yaml holds settings made for pixels)", flush=True)
-    from deploy.local import LocalLauncher, write_summary
+    from deploy.launcher import write_summary
 
-    launcher = LocalLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop,
-                             say=lambda line: print(line, flush=True))
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    if cfg.run.backend == "ray":
+        from deploy.ray_backend import RayLauncher
+
+        launcher = RayLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop, say=say)
+    else:
+        from deploy.local import LocalLauncher
+
+        launcher = LocalLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop, say=say,
+                                 resume_state=resume_state)
     try:
         code, reason = launcher.run()
         summary = launcher.summary(reason)
@@ -127,7 +164,8 @@ def final_message(s: dict) -> str:
         f"episodes (min {best['eval_min']:.0f}, max {best['eval_max']:.0f}, weights v{best['eval_version']})")
     head = (f"solved {s['env']} in {s['solved_after_s']:.1f} s" if s["solved"]
             else f"stopped ({s['reason']}) after {s['elapsed_s']:.1f} s")
+    logs = "logs/" if s.get("backend") != "ray" else "component logs on their nodes under /tmp/qfleet/"
     return (f"qfleet: {head}: {ev}\n"
             f"qfleet: {s['env_steps']:,} env steps, {s['updates']:,} updates, {s['episodes']:,} episodes, "
             f"{s['actor_restarts']} actor restart(s)\n"
-            f"qfleet: run directory {s['run_dir']} (config.yaml, metrics.jsonl, episodes.csv, checkpoint.npz, logs/)")
+            f"qfleet: run directory {s['run_dir']} (config.yaml, metrics.jsonl, episodes.csv, checkpoint.npz; {logs})")

@@ -1,5 +1,5 @@
 """The learner loop: prefetched batches -> Double DQN updates -> priorities, versioned
-weights, background greedy evaluation, reports, and a checkpoint at the end.
+weights, background greedy evaluation, reports, and periodic and final checkpoints.
 
 Updates go through the update role of `learner.update`: on the CPU each finishes inside
 `submit`; on CUDA up to `depth` are queued on the GPU, so the priorities of a batch are
@@ -17,6 +17,7 @@ import numpy as np
 
 from common.config import LearnerConfig
 from common.envs import EnvSpec
+from common.errors import CheckpointError
 from common.netspec import NetSpec
 from common.telemetry import Telemetry
 from learner.backend import make_update, resolve_backend
@@ -31,11 +32,28 @@ log = logging.getLogger("qfleet.learner")
 REPORT_EVERY_S = 0.5
 
 
+def check_compatible(meta: dict, spec: NetSpec, env_id: str) -> None:
+    """CheckpointError naming every difference between a checkpoint and this run."""
+    saved = meta.get("net_spec") or {}
+    current = spec._asdict()
+    diffs = [f"{k}: checkpoint {_plain(saved.get(k))!r}, this run {_plain(current[k])!r}" for k in current
+             if _plain(saved.get(k)) != _plain(current[k])]
+    if meta.get("env_id") != env_id:
+        diffs.append(f"env: checkpoint {meta.get('env_id')!r}, this run {env_id!r}")
+    if diffs:
+        raise CheckpointError("the checkpoint does not fit this run's network or environment: " + "; ".join(diffs))
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
 class Learner:
     def __init__(self, *, cfg: LearnerConfig, spec: NetSpec, env: EnvSpec, solved_threshold: Optional[float],
                  replay: ReplayClient, publisher: WeightPublisher, device: str, seed: int = 0,
                  telemetry: Optional[Telemetry] = None, checkpoint_path: Optional[Path] = None,
-                 max_updates: int = 0, meta: Optional[dict] = None):
+                 max_updates: int = 0, meta: Optional[dict] = None,
+                 run_state: Callable[[], dict] = dict, on_checkpoint: Callable[[Path], None] = lambda path: None):
         self.cfg, self.spec, self.env_id = cfg, spec, env.env_id
         self.solved_threshold = solved_threshold
         self.device = device
@@ -49,29 +67,33 @@ class Learner:
         self.checkpoint_path = checkpoint_path
         self.max_updates = max_updates
         self.meta = dict(meta or {})
+        self.run_state = run_state  # the launcher's counters (env steps, exploration), kept in checkpoints
+        self.on_checkpoint = on_checkpoint  # e.g. ship the file to the launcher when it runs elsewhere
         self.version = 0
         self.best: Optional[EvalResult] = None
         self.best_params: Optional[dict] = None
-        self.solved_at: Optional[float] = None
-        self.last_eval: Optional[EvalResult] = None
+        self.solved = False
         self._last_loss = float("nan")
         self._keys_in_flight: deque = deque()  # sample keys of submitted, uncollected updates
         self._publish_due = False
         self._published: dict = {}
 
+    # -- training ----------------------------------------------------------------------
     def run(self, should_stop: Callable[[], bool]) -> dict:
         """Train until `should_stop()` or the update budget; then checkpoint. Returns a summary."""
         cfg = self.cfg
         self._publish(self.update.params())
         self.prefetcher.start()
         started = time.monotonic()
-        last_report = last_eval_submit = started
+        last_report = last_eval_submit = last_checkpoint = started
         try:
             while not should_stop():
                 if self.max_updates and self.update.updates >= self.max_updates:
                     break
                 self.prefetcher.beta = self._beta()
-                batch = self.prefetcher.get()
+                batch = self.prefetcher.get(should_stop)
+                if batch is None:
+                    break
                 self.update.submit(batch)
                 self._keys_in_flight.append(batch["keys"])
                 while self.update.in_flight >= self.update.depth:
@@ -92,6 +114,9 @@ class Learner:
                 if now - last_report >= REPORT_EVERY_S:
                     self._report(now - started)
                     last_report = now
+                if cfg.checkpoint_every_s and now - last_checkpoint >= cfg.checkpoint_every_s:
+                    self.save_checkpoint()
+                    last_checkpoint = now
             while self.update.in_flight:
                 self._collect()
         finally:
@@ -118,44 +143,72 @@ class Learner:
     def _take_eval(self, result: Optional[EvalResult]) -> None:
         if result is None:
             return
-        self.last_eval = result
         if self.best is None or result.mean > self.best.mean:
-            self.best = result
-            self.best_params = self.evaluator.result_params
-        if self.solved_threshold is not None and result.mean >= self.solved_threshold and self.solved_at is None:
-            self.solved_at = time.time()
+            self.best, self.best_params = result, self.evaluator.result_params
+        newly_solved = (self.solved_threshold is not None and result.mean >= self.solved_threshold
+                        and not self.solved)
+        if newly_solved:
+            self.solved = True
             log.info("solved: greedy mean %.1f over %d episodes (version %d, %d updates)",
                      result.mean, len(result.returns), result.version, self.update.updates)
         self.telemetry.report({"event": "eval", "eval_mean": result.mean, "eval_std": result.std,
                                "eval_min": result.min, "eval_max": result.max, "eval_version": result.version,
-                               "eval_episodes": len(result.returns), "solved": self.solved_at is not None,
+                               "eval_episodes": len(result.returns), "solved": self.solved,
                                "updates": self.update.updates})
+        if newly_solved:
+            self.save_checkpoint()  # the solving weights are on disk at once, whatever happens next
 
     def _report(self, elapsed: float) -> None:
         lat = np.array(self.prefetcher.latencies) if self.prefetcher.latencies else np.zeros(1)
         self.telemetry.report({
             "updates": self.update.updates, "version": self.version, "loss": self._last_loss,
             "updates_per_s": self.update.updates / max(elapsed, 1e-9),
-            "data_wait_fraction": self.prefetcher.wait_s / max(elapsed, 1e-9),
+            "data_wait_fraction": self.prefetcher.wait_s / max(elapsed, 1e-9), "data_wait_s": self.prefetcher.wait_s,
             "sample_latency_p50_ms": float(np.percentile(lat, 50) * 1e3),
             "sample_latency_p99_ms": float(np.percentile(lat, 99) * 1e3),
             "rate_limited": self.prefetcher.rate_limited, "beta": self._beta(), "elapsed_s": elapsed,
         })
 
+    # -- checkpoints ---------------------------------------------------------------------
+    def summary(self) -> dict:
+        return {"updates": self.update.updates, "version": self.version, "backend": self.backend,
+                "device": self.device, "solved": self.solved,
+                "best_eval_mean": None if self.best is None else self.best.mean,
+                "best_eval_version": None if self.best is None else self.best.version}
+
+    def save_checkpoint(self) -> Optional[Path]:
+        """Training state, the best-evaluated policy and the run's counters, atomically."""
+        if self.checkpoint_path is None:
+            return None
+        arrays = dict(self.update.state())
+        policy = self.best_params if self.best_params is not None else self.update.params()
+        arrays.update({f"policy/{k}": v for k, v in policy.items()})
+        best = None if self.best is None else {
+            "mean": self.best.mean, "std": self.best.std, "min": self.best.min, "max": self.best.max,
+            "episodes": len(self.best.returns), "version": self.best.version}
+        meta = {**self.meta, **self.summary(), "net_spec": self.spec._asdict(), "env_id": self.env_id,
+                "policy_eval": best, "evaluations": self.evaluator.evaluations, "run_state": self.run_state(),
+                "saved_at": time.time()}
+        path = save_checkpoint(self.checkpoint_path, arrays, meta)
+        self.on_checkpoint(path)
+        return path
+
+    def restore(self, arrays: dict, meta: dict) -> None:
+        """Continue from a checkpoint: weights, optimizer, counters, best policy, solved flag."""
+        check_compatible(meta, self.spec, self.env_id)
+        self.update.load(arrays)
+        self.version = int(meta.get("version", 0))
+        self.solved = bool(meta.get("solved", False))
+        self.evaluator.evaluations = int(meta.get("evaluations", 0))
+        best = meta.get("policy_eval")
+        if best:
+            self.best = EvalResult(best["version"], best["mean"], best["std"], best["min"], best["max"],
+                                   np.zeros(best["episodes"]), np.zeros(best["episodes"], np.int64))
+            self.best_params = {k[len("policy/"):]: v for k, v in arrays.items() if k.startswith("policy/")}
+        log.info("resumed from checkpoint: %d updates, weights version %d", self.update.updates, self.version)
+
     def finish(self) -> dict:
-        """Write the checkpoint (training state + best evaluated policy); returns a summary."""
-        summary = {"updates": self.update.updates, "version": self.version, "backend": self.backend,
-                   "device": self.device, "solved": self.solved_at is not None,
-                   "best_eval_mean": None if self.best is None else self.best.mean,
-                   "best_eval_version": None if self.best is None else self.best.version}
-        if self.checkpoint_path is not None:
-            arrays = dict(self.update.state())
-            policy = self.best_params if self.best_params is not None else self.update.params()
-            arrays.update({f"policy/{k}": v for k, v in policy.items()})
-            meta = {**self.meta, **summary, "net_spec": self.spec._asdict(), "env_id": self.env_id,
-                    "policy_eval": None if self.best is None else
-                    {"mean": self.best.mean, "std": self.best.std, "min": self.best.min, "max": self.best.max,
-                     "episodes": len(self.best.returns), "version": self.best.version}}
-            save_checkpoint(self.checkpoint_path, arrays, meta)
-            log.info("checkpoint written to %s", self.checkpoint_path)
-        return summary
+        path = self.save_checkpoint()
+        if path is not None:
+            log.info("checkpoint written to %s", path)
+        return self.summary()

@@ -9,11 +9,12 @@ raises QfleetTimeout naming the replay server.
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections import deque
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from common.errors import QfleetTimeout, RemoteError
 from replay_server.client import ReplayClient
 
 RETRYABLE = ("rate_limited", "busy")
+log = logging.getLogger("qfleet.learner")
 
 
 class Prefetcher:
@@ -30,7 +32,11 @@ class Prefetcher:
         self.batch_size, self.per_request, self.in_flight = batch_size, batches_per_request, in_flight
         self.timeout_s, self.retry_s = timeout_s, retry_s
         self.beta = 0.4
-        self._batches: queue.Queue = queue.Queue(maxsize=in_flight * batches_per_request)
+        # Unbounded on purpose: what is queued plus what is requested never exceeds
+        # `capacity`, and the thread must never block on a full queue while replies wait on
+        # the socket (the wait would be counted as sample latency).
+        self.capacity = in_flight * batches_per_request
+        self._batches: queue.Queue = queue.Queue()
         self._priorities: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._error: Optional[BaseException] = None
@@ -38,6 +44,7 @@ class Prefetcher:
         self.latencies: deque = deque(maxlen=2048)  # seconds from request to reply
         self.wait_s = 0.0                          # time the training thread spent waiting
         self.rate_limited = 0
+        self.errors = 0
         self._thread = threading.Thread(target=self._run, daemon=True, name="qfleet-prefetch")
 
     def start(self) -> "Prefetcher":
@@ -48,11 +55,12 @@ class Prefetcher:
         self._stop.set()
         self._thread.join(5)
 
-    def get(self) -> dict[str, np.ndarray]:
-        """The next batch; waits at most timeout_s (then the replay server counts as gone)."""
+    def get(self, should_stop: Callable[[], bool] = lambda: False) -> Optional[dict[str, np.ndarray]]:
+        """The next batch, or None once `should_stop()`; waits at most timeout_s (then the
+        replay server counts as gone)."""
         started = time.monotonic()
         try:
-            while True:
+            while not should_stop():
                 if self._error is not None:
                     raise self._error
                 try:
@@ -61,6 +69,7 @@ class Prefetcher:
                     if time.monotonic() - started > self.timeout_s:
                         raise QfleetTimeout(f"no sample from the replay server for {self.timeout_s:g} s "
                                             f"(last reply {time.monotonic() - self._last_reply:.1f} s ago)") from None
+            return None
         finally:
             self.wait_s += time.monotonic() - started
 
@@ -77,7 +86,7 @@ class Prefetcher:
                 for rid, sent in list(pending.items()):
                     if now - sent > self.retry_s:  # lost with a restarted server: ask again
                         del pending[rid]
-                room = self._batches.maxsize - self._batches.qsize() - len(pending) * self.per_request
+                room = self.capacity - self._batches.qsize() - len(pending) * self.per_request
                 while len(pending) < self.in_flight and room >= self.per_request:
                     pending[self.client.request_sample(self.batch_size, self.beta, self.per_request)] = now
                     room -= self.per_request
@@ -87,9 +96,13 @@ class Prefetcher:
                     continue
                 sent = pending.pop(rid, None)
                 if isinstance(reply, RemoteError):
-                    if reply.reason not in RETRYABLE:
-                        raise reply
-                    self.rate_limited += 1
+                    if reply.reason in RETRYABLE:
+                        self.rate_limited += 1
+                    elif sent is None:  # not about a pending sample (e.g. a rejected priority update)
+                        self.errors += 1
+                        log.warning("replay server: %s", reply)
+                    else:
+                        raise reply     # our own sample request is wrong: retrying cannot help
                     continue
                 self._last_reply = time.monotonic()
                 if sent is not None:
@@ -102,13 +115,7 @@ class Prefetcher:
         fields = ("keys", "obs", "action", "reward", "next_obs", "discount", "weight")
         b = self.batch_size
         for i in range(self.per_request):
-            batch = {f: getattr(reply, f)[i * b:(i + 1) * b] for f in fields}
-            while not self._stop.is_set():
-                try:
-                    self._batches.put(batch, timeout=0.02)
-                    break
-                except queue.Full:
-                    self._flush_priorities()
+            self._batches.put({f: getattr(reply, f)[i * b:(i + 1) * b] for f in fields})
 
     def _flush_priorities(self) -> None:
         items = []

@@ -19,11 +19,13 @@ from common.sockets import CurveKeys, bind, make_socket, send_nowait
 
 class WeightPublisher:
     def __init__(self, *, spec: NetSpec, host: str = "127.0.0.1", port: int = 0,
-                 keys: Optional[CurveKeys] = None, republish_s: float = 1.0, ctx: Optional[zmq.Context] = None):
+                 keys: Optional[CurveKeys] = None, republish_s: float = 1.0, epoch: int = 0,
+                 ctx: Optional[zmq.Context] = None):
         self.schema = m.weights_schema(param_shapes(spec))
         self._sock = make_socket(ctx or zmq.Context.instance(), zmq.PUB, hwm=4, server=True, keys=keys)
         self.endpoint = bind(self._sock, host, port)
         self.republish_s = republish_s
+        self.epoch = epoch
         self.version = -1
         self._frames: Optional[list] = None
         self._last_send = 0.0
@@ -31,7 +33,7 @@ class WeightPublisher:
 
     def publish(self, params: dict, version: int) -> None:
         self.version = version
-        self._frames = m.pack(self.schema, m.Weights(version, time.time(), params))
+        self._frames = m.pack(self.schema, m.Weights(version, time.time(), params, self.epoch))
         self._send()
         self.published += 1
 

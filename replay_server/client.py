@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ from common import messages as m
 from common.codec import decode
 from common.errors import CodecError, RemoteError
 from common.sockets import CurveKeys, make_socket, recv_frames, send_frames
+
+MAX_INBOX = 256  # replies kept for requests other than the one being waited for
 
 
 class ReplayClient:
@@ -67,6 +70,11 @@ class ReplayClient:
         return self._dealer
 
     # -- actors --------------------------------------------------------------------------
+    @property
+    def insert_socket(self) -> zmq.Socket:
+        """The insert socket, for a caller that waits on it together with others (poll only)."""
+        return self._socket(zmq.PUSH)
+
     def insert(self, batch: m.InsertBatch, timeout: Optional[float] = None) -> None:
         """Queue a batch for the server; QfleetTimeout if backpressure lasts `timeout` s."""
         frames = m.pack(self._schemas[m.INSERT], batch)
@@ -101,10 +109,10 @@ class ReplayClient:
         if self._inbox:
             request_id = next(iter(self._inbox))
             return request_id, self._inbox.pop(request_id)
-        return self._receive_socket(timeout)
+        return self._read(self._t(timeout))
 
-    def _receive_socket(self, timeout: Optional[float]):
-        frames = recv_frames(self._socket(zmq.DEALER), self._t(timeout), "reply from the replay server")
+    def _read(self, timeout: float):
+        frames = recv_frames(self._socket(zmq.DEALER), timeout, "reply from the replay server")
         try:
             msg = decode(frames, self._schemas)
         except CodecError as exc:
@@ -117,14 +125,18 @@ class ReplayClient:
         return reply.request_id, reply
 
     def wait_for(self, request_id: int, timeout: Optional[float] = None):
-        """The reply to one request; replies to other requests are kept for later."""
+        """The reply to one request, within `timeout` overall. Replies to other requests are
+        kept for `receive` (a bounded number: late replies to abandoned requests age out)."""
         if request_id in self._inbox:
             return self._raise_or_return(self._inbox.pop(request_id))
-        while True:  # from the socket: `receive` would hand back what this loop stores
-            rid, reply = self._receive_socket(timeout)
+        deadline = time.monotonic() + self._t(timeout)
+        while True:
+            rid, reply = self._read(max(0.0, deadline - time.monotonic()))
             if rid == request_id or rid == -1:
                 return self._raise_or_return(reply)
             self._inbox[rid] = reply
+            while len(self._inbox) > MAX_INBOX:
+                self._inbox.pop(next(iter(self._inbox)))
 
     @staticmethod
     def _raise_or_return(reply):

@@ -153,7 +153,7 @@ class ReplayServer:
         previous = self.last_seq.get(batch.actor_id)
         if previous is not None and batch.seq > previous + 1:
             self.seq_gaps[batch.actor_id] += batch.seq - previous - 1
-        self.last_seq[batch.actor_id] = max(batch.seq, previous if previous is not None else -1)
+        self.last_seq[batch.actor_id] = batch.seq  # a restarted actor starts again from 0
         return True
 
     # -- requests ----------------------------------------------------------------------
@@ -254,10 +254,28 @@ class ReplayServer:
     def snapshot(self) -> dict:
         if self.snapshots is None:
             raise CodecError("no_snapshots", "this server was started without a snapshot directory")
-        path = self.snapshots.save(self.table)
-        self._last_snapshot = time.monotonic()
         self.counts["snapshots"] += 1
+        path = self.snapshots.save(self.table, self._counters())
+        self._last_snapshot = time.monotonic()
         return {"path": str(path), "size": self.table.size, "inserted": self.table.storage.inserted}
+
+    def _counters(self) -> dict:
+        return {"counts": dict(self.counts), "rejected": dict(self.rejected),
+                "stored_by_actor": {str(k): v for k, v in self.stored_by_actor.items()},
+                "last_seq": {str(k): v for k, v in self.last_seq.items()},
+                "seq_gaps": {str(k): v for k, v in self.seq_gaps.items()}}
+
+    def restore(self) -> Optional[str]:
+        """Load the newest snapshot (contents and counters); returns its path or None."""
+        if self.snapshots is None:
+            return None
+        path, meta = self.snapshots.load_latest(self.table)
+        self.counts.update(meta.get("counts", {}))
+        self.rejected.update(meta.get("rejected", {}))
+        self.stored_by_actor.update({int(k): v for k, v in meta.get("stored_by_actor", {}).items()})
+        self.last_seq.update({int(k): v for k, v in meta.get("last_seq", {}).items()})
+        self.seq_gaps.update({int(k): v for k, v in meta.get("seq_gaps", {}).items()})
+        return None if path is None else str(path)
 
     def close(self) -> None:
         self._pull.close(0)

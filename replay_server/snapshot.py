@@ -6,6 +6,7 @@ previous one when the newest is corrupt (a crash during a copy, a truncated disk
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import zipfile
@@ -30,12 +31,14 @@ class SnapshotStore:
         """Existing snapshots, newest first."""
         return sorted(self.directory.glob(PATTERN), reverse=True)
 
-    def save(self, table: Table) -> Path:
+    def save(self, table: Table, meta: Optional[dict] = None) -> Path:
+        """Write the table (and JSON `meta`, e.g. the server's counters) atomically."""
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"replay-{table.storage.inserted:015d}.npz"
         tmp = final.with_suffix(".npz.tmp")
+        header = np.frombuffer(json.dumps(meta or {}).encode(), np.uint8)
         with open(tmp, "wb") as f:
-            np.savez(f, **table.state())
+            np.savez(f, __meta__=header, **table.state())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -43,23 +46,51 @@ class SnapshotStore:
             old.unlink(missing_ok=True)
         return final
 
-    def load_latest(self, table: Table) -> Optional[Path]:
-        """Restore the newest readable snapshot into `table`; None if there is none.
+    def load_latest(self, table: Table) -> tuple[Optional[Path], dict]:
+        """Restore the newest readable snapshot into `table`: (its path, its meta), or
+        (None, {}) if there is none.
 
         Incompatible snapshots (other observation shape or capacity) raise CheckpointError:
         falling back would silently drop data the user asked to resume from.
         """
         for path in self.paths():
             try:
-                with np.load(path) as data:
+                with np.load(path, allow_pickle=False) as data:
                     state = {k: data[k] for k in data.files}
-            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+                meta = json.loads(state.pop("__meta__").tobytes().decode()) if "__meta__" in state else {}
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as exc:
                 log.warning("replay snapshot %s is unreadable (%s); trying the previous one", path, exc)
                 continue
             _check_compatible(path, state, table)
             table.load(state)
-            return path
-        return None
+            return path, meta
+        return None, {}
+
+
+def check_newest(directory: str | Path, obs_shape: tuple, obs_dtype, capacity: int) -> Optional[Path]:
+    """Before anything starts: the newest readable snapshot in `directory`, after checking it
+    fits (reads only array headers). CheckpointError naming what differs."""
+    for path in SnapshotStore(directory).paths():
+        try:
+            with zipfile.ZipFile(path) as z:
+                with z.open("data.obs.npy") as f:
+                    fmt = np.lib.format
+                    version = fmt.read_magic(f)
+                    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    shape, _, dtype = read_header(f)
+                with z.open("capacity.npy") as f:
+                    saved_capacity = int(np.lib.format.read_array(f))
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            log.warning("replay snapshot %s is unreadable (%s); trying the previous one", path, exc)
+            continue
+        if tuple(shape[1:]) != tuple(obs_shape) or np.dtype(dtype) != np.dtype(obs_dtype):
+            raise CheckpointError(f"replay snapshot {path} holds observations of shape {tuple(shape[1:])} {dtype}, "
+                                  f"but this run's environment gives {tuple(obs_shape)} {np.dtype(obs_dtype)}")
+        if saved_capacity != capacity:
+            raise CheckpointError(f"replay snapshot {path} was taken with replay.capacity = {saved_capacity}, "
+                                  f"this run has {capacity}; resume with the same capacity")
+        return path
+    return None
 
 
 def _check_compatible(path: Path, state: dict, table: Table) -> None:

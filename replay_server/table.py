@@ -18,6 +18,9 @@ from replay_server.storage import RingBuffer
 from replay_server.sum_tree import SumTree
 
 
+COUNTS = ("stored", "sampled", "priorities_applied", "priorities_stale")
+
+
 class Table:
     def __init__(self, *, capacity: int, obs_shape: Sequence[int], obs_dtype: np.dtype, num_actions: int,
                  prioritized: bool, alpha: float, limiter: RateLimiter, seed: int = 0):
@@ -31,7 +34,7 @@ class Table:
         self.limiter = limiter
         self.rng = np.random.default_rng(seed)
         self.max_priority = 1.0
-        self.counts: Counter = Counter()  # stored, sampled, priorities_applied, priorities_stale
+        self.counts: Counter = Counter()  # see COUNTS
 
     @property
     def size(self) -> int:
@@ -99,11 +102,13 @@ class Table:
         return out
 
     def update_priorities(self, keys: np.ndarray, priority: np.ndarray) -> int:
-        """Apply priorities to keys still live; returns how many were stale (overwritten)."""
+        """Apply priorities to keys still live; returns how many were stale: overwritten
+        since they were sampled, or newer than the table (after a restart from a snapshot,
+        the learner may still update keys that the restored table never saw)."""
         if len(keys) == 0:
             return 0
-        if keys.min() < 0 or keys.max() >= self.storage.inserted:
-            raise CodecError("bad_key", f"keys must be in [0, {self.storage.inserted})")
+        if keys.min() < 0:
+            raise CodecError("bad_key", "keys must be >= 0")
         if not priority.min() > 0:
             raise CodecError("bad_priority", "priorities must be > 0")
         if self.tree is not None:
@@ -123,6 +128,7 @@ class Table:
         state["capacity"] = np.int64(self.storage.capacity)
         state["max_priority"] = np.float64(self.max_priority)
         state["limiter"] = np.array([self.limiter.inserts, self.limiter.samples], np.int64)
+        state["counts"] = np.array([self.counts[k] for k in COUNTS], np.int64)
         if self.tree is not None:
             state["priorities"] = self.tree.state()[:size]
         return state
@@ -139,6 +145,8 @@ class Table:
         self.storage.inserted = int(state["inserted"])
         self.max_priority = float(state["max_priority"])
         self.limiter.load({"inserts": int(state["limiter"][0]), "samples": int(state["limiter"][1])})
+        if "counts" in state:
+            self.counts.update(dict(zip(COUNTS, (int(x) for x in state["counts"]))))
         if self.tree is not None:
             leaves = np.zeros(self.storage.capacity, np.float32)
             if "priorities" in state:

@@ -33,7 +33,7 @@ EXAMPLES = [
     (m.StatsReply, m.StatsReply(9, {"size": 5, "rate": 1.5, "path": "/x", "held": False})),
     (m.ErrorReply, m.ErrorReply(2, "rate_limited", "wait")),
     (m.Weights, m.Weights(7, 123.5, {k: np.random.default_rng(0).standard_normal(s).astype(np.float32)
-                                      for k, s in PARAMS.items()})),
+                                      for k, s in PARAMS.items()}, epoch=2)),
     (m.Report, m.Report("actor", 1, {"env_steps": 10, "eps": 0.1}, np.array([1.0, 2.0], np.float32),
                         np.array([5, 6], np.int32))),
 ]

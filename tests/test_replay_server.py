@@ -170,3 +170,22 @@ def test_rate_limiter_backpressure_reaches_the_actor(tmp_path, qfleet_cmd):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_reply_to_another_request_does_not_hang_the_client(server):
+    """A sample reply nobody has claimed yet sits in front of a stats reply; stats() must
+    return its own answer and keep the other for receive() (the client once spun forever
+    re-reading such a reply from its inbox)."""
+    proc, endpoints = server
+    push_batches(endpoints["insert"], 0)
+    client = ReplayClient(obs_shape=(4,), obs_dtype=np.float32, request_endpoint=endpoints["request"], timeout=5)
+    wait_for(lambda: client.stats()["size"] == BATCHES * BATCH)
+    pending = client.request_sample(8, 0.4)
+    time.sleep(0.3)  # the sample reply is now waiting on the socket
+    started = time.monotonic()
+    assert client.stats(timeout=2)["size"] == BATCHES * BATCH
+    assert client.stats(timeout=2)["size"] == BATCHES * BATCH
+    assert time.monotonic() - started < 2
+    rid, batch = client.receive(timeout=1)
+    assert rid == pending and len(batch.keys) == 8
+    client.close()

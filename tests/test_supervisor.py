@@ -44,8 +44,8 @@ def assert_all_gone(pids, timeout: float = 5.0) -> None:
 
 
 @pytest.mark.parametrize("victim", ["replay", "learner"])
-def test_dead_core_component_stops_the_run(qfleet_cmd, tmp_path, victim):
-    proc = start(qfleet_cmd, tmp_path)
+def test_dead_core_component_stops_the_run_when_restarts_are_spent(qfleet_cmd, tmp_path, victim):
+    proc = start(qfleet_cmd, tmp_path, "--set", "run.max_core_restarts=0")
     try:
         pids = wait_training(tmp_path / "run")
         os.kill(pids[victim], signal.SIGKILL)

@@ -103,7 +103,8 @@ def test_priority_update_checks():
     t = table()
     t.insert(marked(3, 0))
     with pytest.raises(CodecError, match="bad_key"):
-        t.update_priorities(np.array([3]), np.ones(1, np.float32))
+        t.update_priorities(np.array([-1]), np.ones(1, np.float32))
+    assert t.update_priorities(np.array([3, 0]), np.ones(2, np.float32)) == 1  # key 3 does not exist yet
     with pytest.raises(CodecError, match="bad_priority"):
         t.update_priorities(np.array([0]), np.zeros(1, np.float32))
     with pytest.raises(CodecError, match="bad_priority"):
@@ -125,12 +126,12 @@ def test_snapshot_round_trip_and_fallback(tmp_path):
     store = SnapshotStore(tmp_path, keep=2)
     first = store.save(t)
     t.insert(marked(3, 20))
-    second = store.save(t)
+    second = store.save(t, {"note": "second"})
     assert store.paths() == [second, first]
     assert not list(tmp_path.glob("*.tmp"))
 
     restored = table(capacity=16, alpha=1.0)
-    assert store.load_latest(restored) == second
+    assert store.load_latest(restored) == (second, {"note": "second"})
     assert restored.storage.inserted == 23
     np.testing.assert_array_equal(restored.storage.records, t.storage.records)
     np.testing.assert_array_equal(restored.tree.leaves, t.tree.leaves)
@@ -138,7 +139,7 @@ def test_snapshot_round_trip_and_fallback(tmp_path):
 
     second.write_bytes(second.read_bytes()[:100])  # a crash mid-copy
     fallback = table(capacity=16, alpha=1.0)
-    assert store.load_latest(fallback) == first
+    assert store.load_latest(fallback) == (first, {})
     assert fallback.storage.inserted == 20
 
 

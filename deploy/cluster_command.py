@@ -1,0 +1,55 @@
+"""`qfleet cluster-config onprem`: render deploy/cluster/onprem.yaml for your machines."""
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from common.errors import ConfigError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=("onprem",), help="which cluster config to render")
+    p.add_argument("--head-ip", required=True, help="address of the head node (replay server and learner)")
+    p.add_argument("--worker-ip", action="append", required=True, metavar="IP", help="an actor node (repeat)")
+    p.add_argument("--ssh-user", required=True, help="user ray up logs in as on every node")
+    p.add_argument("--ssh-key", required=True, help="private key for that user")
+    p.add_argument("--cluster-name", default="qfleet-onprem")
+    p.add_argument("--env-dir", help="Python environment on the nodes (QFLEET_ENV; default ~/qfleet-env)")
+    p.add_argument("--ray-start-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for every `ray start`, e.g. --temp-dir=/var/tmp/ray-node1")
+    p.add_argument("--out", help="write here (default: standard output)")
+
+
+def render_onprem(*, head_ip: str, worker_ips: list[str], ssh_user: str, ssh_key: str,
+                  cluster_name: str = "qfleet-onprem", env_dir: str | None = None,
+                  ray_start_args: tuple[str, ...] = ()) -> dict:
+    """The on-premises cluster config for these machines, as a dict ready for yaml.safe_dump."""
+    if head_ip in worker_ips:
+        raise ConfigError(f"--head-ip {head_ip} is also listed as a worker")
+    template = resources.files("deploy").joinpath("cluster/onprem.yaml").read_text()
+    cfg = yaml.safe_load(template)
+    cfg["cluster_name"] = cluster_name
+    cfg["provider"] = {"type": "local", "head_ip": head_ip, "worker_ips": list(worker_ips)}
+    cfg["auth"] = {"ssh_user": ssh_user, "ssh_private_key": ssh_key}
+    prefix = f"export QFLEET_ENV={env_dir}; " if env_dir else ""
+    extra = " " + " ".join(ray_start_args) if ray_start_args else ""
+    for key in ("setup_commands", "head_start_ray_commands", "worker_start_ray_commands"):
+        cfg[key] = [prefix + cmd + (extra if "ray start" in cmd else "") for cmd in cfg[key]]
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = render_onprem(head_ip=args.head_ip, worker_ips=args.worker_ip, ssh_user=args.ssh_user,
+                        ssh_key=args.ssh_key, cluster_name=args.cluster_name, env_dir=args.env_dir,
+                        ray_start_args=tuple(args.ray_start_arg))
+    text = yaml.safe_dump(cfg, sort_keys=False, width=1000)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,244 @@
+"""What every launcher does, wherever the components run: take their reports on one
+telemetry socket, print the status line, write metrics and episodes, keep checkpoints the
+learner ships, record faults, decide when to stop, and sum the run up.
+
+Subclasses (`deploy.local.LocalLauncher`, `deploy.ray_backend.RayLauncher`) start the
+components, check on them, send them control messages and stop them.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import zmq
+
+from common import messages as m
+from common.codec import decode
+from common.config import QfleetConfig
+from common.envs import EnvSpec
+from common.errors import CodecError
+from common.metrics import JsonlWriter
+from common.sockets import CurveKeys, bind, make_socket
+from deploy.processes import StopFlag
+from deploy.progress import Progress
+
+STARTUP_TIMEOUT_S = 120.0
+SHUTDOWN_GRACE_S = 4.0
+
+
+class Launcher:
+    def __init__(self, cfg: QfleetConfig, env: EnvSpec, run_dir: Path, stop: StopFlag,
+                 say: Callable[[str], None] = print, resume_state: Optional[dict] = None,
+                 bind_host: str = "127.0.0.1", keys: Optional[CurveKeys] = None):
+        self.cfg, self.env, self.run_dir = cfg, env, run_dir
+        self.stop, self.say = stop, say
+        self.resume_state = resume_state  # the checkpoint's run_state when resuming, else None
+        self.keys = keys
+        self.telemetry = make_socket(zmq.Context.instance(), zmq.PULL, hwm=10_000, server=True, keys=keys,
+                                     max_message_bytes=16 << 20)
+        self.telemetry_endpoint = bind(self.telemetry, bind_host)
+        self.progress = Progress(cfg.run.actors, resume_state or {})
+        self.actor_restarts = 0
+        self.core_restarts = 0
+        self.faults: list[dict] = []
+        self.metrics = JsonlWriter(run_dir / "metrics.jsonl")
+        self.episodes = open(run_dir / "episodes.csv", "a", buffering=1)
+        if self.episodes.tell() == 0:
+            self.episodes.write("elapsed_s,actor,return,length\n")
+        self.lags = open(run_dir / "policy_lag.csv", "a", buffering=1)
+        if self.lags.tell() == 0:
+            self.lags.write("elapsed_s,actor,unit,lag\n")
+        self._files: dict[str, object] = {}
+
+    # -- to be provided by a backend ---------------------------------------------------------
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _check_children(self) -> Optional[str]:
+        """Restart what may be restarted; a failure message when the run must stop."""
+        raise NotImplementedError
+
+    def _shutdown(self) -> None:
+        raise NotImplementedError
+
+    def _send_run_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def _learner_done(self) -> bool:
+        """The learner finished its update budget."""
+        raise NotImplementedError
+
+    def _poll_replay(self) -> None:
+        """Refresh self.progress.replay from the replay server, if it can be asked."""
+
+    # -- reports -----------------------------------------------------------------------------
+    def _drain_telemetry(self, timeout_s: float) -> None:
+        if not self.telemetry.poll(int(timeout_s * 1000)):
+            return
+        while True:
+            try:
+                frames = self.telemetry.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                report = m.unpack(m.Report, decode(frames, {m.REPORT: m.REPORT_SCHEMA}, max_bytes=16 << 20))
+            except CodecError:
+                continue
+            event = report.values.get("event")
+            if event == "file":
+                self._take_file_chunk(report)
+                continue
+            self.progress.take(report)
+            if event == "eval":
+                self.metrics.write({"time/elapsed_s": round(self.progress.elapsed, 3),
+                                    **{f"eval/{k[5:] if k.startswith('eval_') else k}": v
+                                       for k, v in report.values.items() if k not in ("event", "pid")}})
+            self._note_recovery(report)
+
+    def _take_file_chunk(self, report: m.Report) -> None:
+        """A file a component ships in chunks (the learner's checkpoint when it runs on
+        another machine): written to <name>.part, renamed when complete."""
+        v = report.values
+        name = Path(str(v.get("name", ""))).name
+        if not name or report.data is None:
+            return
+        part = self.run_dir / (name + ".part")
+        if v.get("offset") == 0:
+            self._files[name] = open(part, "wb")
+        handle = self._files.get(name)
+        if handle is None:
+            return
+        handle.write(report.data.tobytes())
+        if v.get("offset", 0) + len(report.data) >= v.get("total", 0):
+            handle.close()
+            del self._files[name]
+            part.replace(self.run_dir / name)
+
+    # -- faults ------------------------------------------------------------------------------
+    def _record_fault(self, name: str, role: str, pid: int, code: object, sent: int) -> None:
+        self.faults.append({"name": name, "role": role, "pid": pid, "exit_code": code,
+                            "at_s": round(self.progress.elapsed, 3), "sent_at_fault": sent,
+                            "recovered_after_s": None, "_t": time.monotonic()})
+
+    def _sent_exact(self) -> int:
+        return self.progress.sent()
+
+    def _note_recovery(self, report: m.Report) -> None:
+        """Close the open fault of this component: a ready report (replay, learner) or the
+        first report of a restarted actor (told from its predecessor's by the pid)."""
+        name = report.role if report.role != "actor" else f"actor-{report.index}"
+        fault = next((f for f in self.faults if f["name"] == name and f["recovered_after_s"] is None
+                      and report.values.get("pid") != f["pid"]), None)
+        if fault is None or (report.role != "actor" and report.values.get("event") != "ready"):
+            return
+        fault["recovered_after_s"] = round(time.monotonic() - fault["_t"], 3)
+        fault["sent_at_recovery"] = self._sent_exact()
+        if report.role == "replay":
+            fault["restored_from"] = report.values.get("restored_from") or None
+            fault["restored_transitions"] = report.values.get("size", 0)
+            fault["restored_stored"] = report.values.get("restored_stored", 0)
+        self.say(f"{name} is back after {fault['recovered_after_s']:.1f} s"
+                 + (f" (restored {fault['restored_transitions']:,} transitions from its snapshot)"
+                    if report.role == "replay" else ""))
+
+    # -- the run -----------------------------------------------------------------------------
+    def _stop_reason(self) -> Optional[str]:
+        run, p = self.cfg.run, self.progress
+        if self.stop.is_set():
+            return "interrupted"
+        if p.solved_after_s is not None and run.stop_when_solved:
+            return "solved"
+        if p.elapsed >= run.max_seconds:
+            return "time budget reached"
+        if run.max_env_steps and p.env_steps() >= run.max_env_steps:
+            return "env-step budget reached"
+        if self._learner_done():
+            return "update budget reached"
+        return None
+
+    def _tick(self, final: bool = False) -> None:
+        self._poll_replay()
+        tick = self.progress.snapshot()
+        self.metrics.write(tick)
+        for elapsed, actor, ret, length in self.progress.take_episodes():
+            self.episodes.write(f"{elapsed:.3f},{actor},{ret:g},{length}\n")
+        for elapsed, actor, unit, lag in self.progress.take_lags():
+            self.lags.write(f"{elapsed:.3f},{actor},{unit},{lag:.3f}\n")
+        if not final:  # after shutdown there is no learner to tell
+            self._send_run_state(self.progress.run_state())  # kept in the learner's checkpoints
+        self.say(self.progress.status_line(tick))
+
+    def _write_endpoints(self) -> None:
+        """Where the components listen (addresses only, never keys), for operators and tests."""
+        ready = self.progress.ready
+        (self.run_dir / "endpoints.json").write_text(json.dumps(
+            {"replay_insert": ready["replay"]["insert"], "replay_request": ready["replay"]["request"],
+             "weights": ready["learner"]["weights"], "telemetry": self.telemetry_endpoint,
+             "curve": self.keys is not None}, indent=1))
+
+    def _wait_ready(self, roles: set, dead: Callable[[], Optional[str]]) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not roles <= set(self.progress.ready):
+            if self.stop.is_set():
+                return
+            failure = dead()
+            if failure:
+                raise RuntimeError(failure)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"components not ready after {STARTUP_TIMEOUT_S:g} s: "
+                                   f"ready {sorted(self.progress.ready)}")
+            self._drain_telemetry(0.05)
+
+    def run(self) -> tuple[int, str]:
+        """Start, supervise until a stop reason, shut down. Returns (exit code, reason)."""
+        failure, reason = None, None
+        try:
+            self._start()
+            last_tick = time.monotonic()
+            while True:
+                self._drain_telemetry(0.02)
+                failure = self._check_children()
+                if failure:
+                    reason = "failed"
+                    break
+                reason = self._stop_reason()
+                if reason:
+                    break
+                if time.monotonic() - last_tick >= self.cfg.run.status_every_s:
+                    self._tick()
+                    last_tick = time.monotonic()
+        except RuntimeError as exc:
+            failure, reason = str(exc), "failed"
+        finally:
+            self._shutdown()
+        self._tick(final=True)
+        if failure:
+            self.say(f"error: {failure}")
+            return 1, reason
+        return (130 if reason == "interrupted" else 0), reason
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.episodes.close()
+        self.lags.close()
+        self.telemetry.close(0)
+
+    def summary(self, reason: str) -> dict:
+        p = self.progress
+        return {"reason": reason, "env": self.cfg.run.env, "backend": self.cfg.run.backend,
+                "solved": p.solved_after_s is not None, "solved_after_s": p.solved_after_s,
+                "solved_wall_time": p.solved_wall, "started_wall_time": p.started_wall, "elapsed_s": p.elapsed,
+                "env_steps": p.env_steps(), "transitions_sent": p.sent(),
+                "sent_by_actor": {str(i): n for i, n in p.sent_by_actor().items()},
+                "updates": p.learner.get("updates", 0), "best_eval": p.best_eval, "evaluations": p.evaluations,
+                "episodes": p.episodes, "actor_restarts": self.actor_restarts, "core_restarts": self.core_restarts,
+                "faults": [{k: v for k, v in f.items() if not k.startswith("_")} for f in self.faults],
+                "replay": p.replay, "learner": p.learner_summary,
+                "actors": {str(i): a for i, a in sorted(p.actors.items())},
+                "errors": p.errors, "run_dir": str(self.run_dir)}
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

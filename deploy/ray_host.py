@@ -1,0 +1,75 @@
+"""A Ray actor that hosts one qfleet component: the replay server, the learner or an actor.
+
+Ray only places, starts, health-checks and restarts it. `run()` runs the component's
+ordinary body (`deploy.components.run_*`) until `stop()`; it is a threaded actor, so
+`wire`, `push_state`, `stop` and `where` answer while `run` is busy. Transitions and
+weights travel over ZeroMQ (CURVE), never through Ray's object store: method arguments
+are only endpoints, counters and stop requests.
+
+When Ray restarts a crashed actor it re-runs `__init__` with the original arguments; the
+launcher then wires it again and calls `run` again.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import replace
+from typing import Optional
+
+from common.config import QfleetConfig
+from common.envs import EnvSpec
+from common.telemetry import Telemetry
+from deploy.components import Control, Placement, Start, Wiring, report_crash, run_actor, run_learner, run_replay
+from deploy.processes import StopFlag, setup_logging
+
+
+class ComponentHost:
+    def __init__(self, role: str, index: int, cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start,
+                 run_name: str, solved_threshold: Optional[float] = None):
+        import ray
+
+        self.role, self.index, self.cfg, self.env, self.start = role, index, cfg, env, start
+        self.solved_threshold = solved_threshold
+        self.name = role if role != "actor" else f"actor-{index}"
+        # Checkpoints, snapshots and logs stay on this node; the learner ships its checkpoint
+        # to the launcher over ZeroMQ. Peers reach this node at its Ray node address.
+        local_dir = os.path.join(tempfile.gettempdir(), "qfleet", run_name, self.name)
+        os.makedirs(os.path.join(local_dir, "logs"), exist_ok=True)
+        self.place = replace(place, advertise=ray.util.get_node_ip_address(), run_dir=local_dir)
+        setup_logging(self.name, path=os.path.join(local_dir, "logs", f"{self.name}.log"))
+        self.control = Control()
+        self.stop_flag = StopFlag(install_handlers=False)
+
+    def where(self) -> dict:
+        import ray
+
+        return {"node_ip": self.place.advertise, "node_id": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid(), "local_dir": self.place.run_dir}
+
+    def wire(self, wiring: Wiring) -> None:
+        self.control.put(wiring)
+
+    def push_state(self, state: dict) -> None:
+        self.control.put(state)
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+
+    def run(self) -> str:
+        """Run the component until stopped; returns its name (raises if it failed)."""
+        telemetry = Telemetry(self.place.telemetry, self.role, self.index, keys=self.place.keys)
+        cfg, env, place, start, stop = self.cfg, self.env, self.place, self.start, self.stop_flag
+        try:
+            if self.role == "replay":
+                run_replay(cfg, env, place, start, stop, telemetry)
+            elif self.role == "learner":
+                run_learner(cfg, env, place, start, stop, telemetry, self.control, self.solved_threshold,
+                            on_checkpoint=lambda path: telemetry.send_file("checkpoint.npz", str(path)))
+            else:
+                run_actor(cfg, env, place, start, stop, telemetry, self.control, self.index)
+        except BaseException as exc:
+            report_crash(self.name, telemetry, exc)
+            raise
+        finally:
+            telemetry.close()
+        return self.name

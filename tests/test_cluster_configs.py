@@ -1,0 +1,50 @@
+"""Every cluster YAML in deploy/cluster validates against Ray's own cluster-config schema,
+after the defaults `ray up` fills in; and installs the exact versions this package pins."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+CLUSTER = Path(__file__).resolve().parent.parent / "deploy" / "cluster"
+CONFIGS = sorted(CLUSTER.glob("*.yaml"))
+
+
+def test_there_are_cloud_and_on_premises_configs():
+    providers = {yaml.safe_load(p.read_text())["provider"]["type"] for p in CONFIGS}
+    assert {"aws", "local"} <= providers
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_validates_against_rays_schema(path):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(yaml.safe_load(path.read_text())))
+
+
+@pytest.mark.parametrize("path", CONFIGS + [CLUSTER / "Dockerfile"], ids=[p.name for p in CONFIGS] + ["Dockerfile"])
+def test_pins_the_versions_of_the_package(path):
+    text = path.read_text()
+    pyproject = (CLUSTER.parent.parent / "pyproject.toml").read_text()
+    for pin in ("torch==2.13.0", "ray[default]==2.60.0"):
+        assert pin in pyproject and pin in text, pin
+    assert "3.11.7" in text
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_pins_components_to_node_types(path):
+    text = path.read_text()
+    for resource in ("qfleet_replay", "qfleet_learner", "qfleet_actor"):
+        assert resource in text, resource
+
+
+def test_rendered_onprem_config_validates():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from deploy.cluster_command import render_onprem
+
+    cfg = render_onprem(head_ip="10.1.0.2", worker_ips=["10.1.0.3", "10.1.0.4"], ssh_user="qf", ssh_key="/k",
+                        env_dir="/opt/env", ray_start_args=("--temp-dir=/tmp/ray-x",))
+    validate_config(prepare_config(cfg))
+    assert cfg["provider"]["worker_ips"] == ["10.1.0.3", "10.1.0.4"]
+    assert all(c.startswith("export QFLEET_ENV=/opt/env; ") for c in cfg["worker_start_ray_commands"])
+    assert cfg["worker_start_ray_commands"][-1].endswith("--temp-dir=/tmp/ray-x")

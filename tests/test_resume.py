@@ -1,0 +1,47 @@
+"""`qfleet train --resume RUN_DIR`: the learner's counters, weights and optimizer state, the
+replay contents and the run's counters continue, with a different number of actors."""
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from learner.checkpoint import load_checkpoint
+from tests.conftest import python_env
+
+pytestmark = pytest.mark.slow
+
+
+def test_resume_continues_everything_with_more_actors(qfleet_cmd, tmp_path):
+    base = qfleet_cmd + ["train", "--set", "run.stop_when_solved=false", "--max-seconds", "6"]
+    first = subprocess.run(base + ["--actors", "2", "--run-dir", str(tmp_path), "--name", "run"],
+                           capture_output=True, text=True, env=python_env(), timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    run = tmp_path / "run"
+    s1 = json.loads((run / "summary.json").read_text())
+    arrays1, meta1 = load_checkpoint(run)
+    assert meta1["run_state"]["env_steps"] == s1["env_steps"]
+    assert set(meta1["run_state"]["schedules"]) == {"0", "1"}
+
+    second = subprocess.run(base + ["--resume", str(run), "--actors", "3"],
+                            capture_output=True, text=True, env=python_env(), timeout=120)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resuming CartPole-v1 with 3 actor(s)" in second.stdout
+    s2 = json.loads((run / "summary.json").read_text())
+    arrays2, meta2 = load_checkpoint(run)
+
+    # learner: updates, Adam steps and weights versions continue from the checkpoint
+    assert meta2["updates"] > meta1["updates"] and int(arrays2["adam_step"]) > int(arrays1["adam_step"])
+    assert meta2["version"] > meta1["version"]
+    assert not np.array_equal(arrays2["online/head.weight"], arrays1["online/head.weight"])
+    # run counters continue; three actors' exploration state is kept
+    assert s2["env_steps"] > s1["env_steps"] and meta2["run_state"]["env_steps"] == s2["env_steps"]
+    assert set(meta2["run_state"]["schedules"]) == {"0", "1", "2"}
+    # replay: restored from the snapshot written at the end of the first run, then grew
+    log = (run / "logs" / "replay.log").read_text()
+    assert f"({s1['replay']['size']} transitions)" in log.split("replay restored from")[1].splitlines()[0]
+    assert s2["replay"]["inserted"] > s1["replay"]["inserted"]
+    assert s2["replay"]["stored_by_actor.2"] > 0
+    # metrics are appended, not replaced
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) > len([l for l in lines if '"time/elapsed_s"' in l]) // 2
