@@ -42,3 +42,7 @@ class EnvironmentSpecError(QfleetError):
 
 class CheckpointError(QfleetError):
     """A checkpoint or snapshot is missing, corrupt, or incompatible with the config."""
+
+
+class RunDirError(QfleetError):
+    """A run directory is missing, or holds none of the files a command reads from it."""

@@ -19,7 +19,7 @@ from common.codec import decode
 from common.config import QfleetConfig
 from common.envs import EnvSpec
 from common.errors import CodecError
-from common.metrics import JsonlWriter
+from common.metrics import MetricsWriter
 from common.sockets import CurveKeys, bind, make_socket
 from deploy.processes import StopFlag
 from deploy.progress import Progress
@@ -43,13 +43,7 @@ class Launcher:
         self.actor_restarts = 0
         self.core_restarts = 0
         self.faults: list[dict] = []
-        self.metrics = JsonlWriter(run_dir / "metrics.jsonl")
-        self.episodes = open(run_dir / "episodes.csv", "a", buffering=1)
-        if self.episodes.tell() == 0:
-            self.episodes.write("elapsed_s,actor,return,length\n")
-        self.lags = open(run_dir / "policy_lag.csv", "a", buffering=1)
-        if self.lags.tell() == 0:
-            self.lags.write("elapsed_s,actor,unit,lag\n")
+        self.metrics = MetricsWriter(run_dir=run_dir, started_wall=self.progress.started_wall)
         self._files: dict[str, object] = {}
 
     # -- to be provided by a backend ---------------------------------------------------------
@@ -92,9 +86,8 @@ class Launcher:
                 continue
             self.progress.take(report)
             if event == "eval":
-                self.metrics.write({"time/elapsed_s": round(self.progress.elapsed, 3),
-                                    **{f"eval/{k[5:] if k.startswith('eval_') else k}": v
-                                       for k, v in report.values.items() if k not in ("event", "pid")}})
+                self.metrics.write(Progress.eval_metrics(report.values), step=self.progress.env_steps(),
+                                   elapsed_s=self.progress.elapsed)
             self._note_recovery(report)
 
     def _take_file_chunk(self, report: m.Report) -> None:
@@ -160,15 +153,13 @@ class Launcher:
 
     def _tick(self, final: bool = False) -> None:
         self._poll_replay()
-        tick = self.progress.snapshot()
-        self.metrics.write(tick)
-        for elapsed, actor, ret, length in self.progress.take_episodes():
-            self.episodes.write(f"{elapsed:.3f},{actor},{ret:g},{length}\n")
-        for elapsed, actor, unit, lag in self.progress.take_lags():
-            self.lags.write(f"{elapsed:.3f},{actor},{unit},{lag:.3f}\n")
+        elapsed, tick = self.progress.elapsed, self.progress.snapshot()
+        self.metrics.episodes(self.progress.take_episodes())
+        self.metrics.write(tick, step=tick["actors/env_steps"], elapsed_s=elapsed)
+        self.metrics.lags(self.progress.take_lags())
         if not final:  # after shutdown there is no learner to tell
             self._send_run_state(self.progress.run_state())  # kept in the learner's checkpoints
-        self.say(self.progress.status_line(tick))
+        self.say(self.progress.status_line(tick, elapsed))
 
     def _write_endpoints(self) -> None:
         """Where the components listen (addresses only, never keys), for operators and tests."""
@@ -221,13 +212,12 @@ class Launcher:
 
     def close(self) -> None:
         self.metrics.close()
-        self.episodes.close()
-        self.lags.close()
         self.telemetry.close(0)
 
     def summary(self, reason: str) -> dict:
         p = self.progress
-        return {"reason": reason, "env": self.cfg.run.env, "backend": self.cfg.run.backend,
+        return {"algorithm": "dqn", "reason": reason, "env": self.cfg.run.env, "backend": self.cfg.run.backend,
+                "solved_threshold": self.cfg.learner.solved_threshold,
                 "solved": p.solved_after_s is not None, "solved_after_s": p.solved_after_s,
                 "solved_wall_time": p.solved_wall, "started_wall_time": p.started_wall, "elapsed_s": p.elapsed,
                 "env_steps": p.env_steps(), "transitions_sent": p.sent(),

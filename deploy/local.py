@@ -13,6 +13,7 @@ reconnect by themselves), up to run.max_core_restarts times.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -23,7 +24,7 @@ from common.config import QfleetConfig
 from common.envs import EnvSpec
 from common.errors import QfleetTimeout
 from deploy.children import Child, Children, port_of
-from deploy.components import Placement, Start, Wiring, sent_file
+from deploy.components import STOPPING_SIGNAL, Placement, Start, Wiring, sent_file
 from deploy.launcher import SHUTDOWN_GRACE_S, Launcher
 from deploy.processes import StopFlag
 from replay_server.client import ReplayClient
@@ -132,17 +133,20 @@ class LocalLauncher(Launcher):
 
     # -- stopping ------------------------------------------------------------------------
     def _shutdown(self) -> None:
-        """Stop actors and the replay server first: actors hand over what is pending while
-        the server drains its insert socket (rate limiter bypassed) and snapshots. Once the
-        actors' final counts are in, the learner gets them and stops, writing its checkpoint.
-        Whatever is still alive after SHUTDOWN_GRACE_S is killed."""
+        """Tell the replay server the run is stopping (it stores every insert from then on),
+        stop the actors (they hand over what is pending) and wait for them; then stop the
+        replay server (it drains its socket and snapshots) and the learner, which gets the
+        actors' final counts for its checkpoint. Kill what lingers after SHUTDOWN_GRACE_S."""
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        learner = self.children.get("learner")
-        first = [c for c in self.children if c is not learner]
-        self._terminate(first, time.monotonic() + 0.6 * SHUTDOWN_GRACE_S, wait_for=[c for c in first if c.role == "actor"])
+        replay, learner = self.children.get("replay"), self.children.get("learner")
+        if replay is not None and replay.process.exitcode is None:
+            os.kill(replay.process.pid, STOPPING_SIGNAL)  # from now on it stores every insert
+        actors = [c for c in self.children if c.role == "actor"]
+        self._terminate(actors, time.monotonic() + 0.6 * SHUTDOWN_GRACE_S, wait_for=actors)
         if learner is not None:
             self.children.send("learner", self.progress.run_state())
-            self._terminate([learner], deadline, wait_for=[learner])
+        rest = [c for c in (replay, learner) if c is not None]
+        self._terminate(rest, deadline, wait_for=rest)
         self._terminate([], deadline, wait_for=list(self.children))
         for child in self.children:
             if child.process.exitcode is None:

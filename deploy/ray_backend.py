@@ -14,6 +14,8 @@ logged or written to the run directory).
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +45,7 @@ class Hosted:
         return self.role if self.role != "actor" else f"actor-{self.index}"
 
 
-def connect(address: str) -> bool:
+def connect(address: str, local_cpus: float = 0.0) -> bool:
     """Connect to Ray: the given cluster, the cluster of a Ray job, or a new local one.
     True if this call initialized Ray here (then `ray.shutdown()` at the end disconnects,
     or stops the local Ray it started)."""
@@ -51,7 +53,16 @@ def connect(address: str) -> bool:
 
     if ray.is_initialized():  # e.g. a test that built a cluster
         return False
-    ray.init(address=address or None, include_dashboard=False, logging_level="ERROR", log_to_driver=True)
+    if not address:
+        # Inside a Ray job RAY_ADDRESS names its cluster; otherwise start our own Ray rather
+        # than attach to whatever Ray happens to run on this machine.
+        address = "auto" if os.environ.get("RAY_ADDRESS") else "local"
+    extra = {}
+    if address == "local":
+        # Our own Ray on this machine: declare enough logical CPUs for every component
+        # (Ray's CPUs are a scheduling quantity; the OS shares the real cores anyway).
+        extra["num_cpus"] = max(os.cpu_count() or 1, math.ceil(local_cpus))
+    ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=True, **extra)
     return True
 
 
@@ -60,7 +71,8 @@ class RayLauncher(Launcher):
                  stop: StopFlag, say: Callable[[str], None] = print):
         import ray
 
-        self._owns_ray = connect(cfg.ray.address)
+        r = cfg.ray
+        self._owns_ray = connect(r.address, r.replay_cpus + r.learner_cpus + cfg.run.actors * r.actor_cpus)
         keys = CurveKeys.generate() if cfg.ray.curve else None
         super().__init__(cfg, env, run_dir, stop, say, bind_host="0.0.0.0", keys=keys)
         driver_ip = ray.util.get_node_ip_address()
@@ -209,17 +221,20 @@ class RayLauncher(Launcher):
 
     # -- stopping ------------------------------------------------------------------------------
     def _shutdown(self) -> None:
-        """Actors and the replay server first (the server drains what actors hand over), then
-        the learner with the final counters (it ships its checkpoint); kill what lingers."""
+        """As in local mode: the replay server stores every insert from now on, actors stop
+        and hand over what is pending, then the replay server and the learner (with the final
+        counters; it ships its checkpoint) stop; kill what lingers."""
         import ray
 
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        learner = self.hosts.get("learner")
-        first = [h for h in self.hosts.values() if h is not learner]
-        self._stop_and_wait(first, time.monotonic() + 0.6 * SHUTDOWN_GRACE_S)
+        replay, learner = self.hosts.get("replay"), self.hosts.get("learner")
+        if replay is not None:
+            replay.handle.begin_stopping.remote()  # from now on it stores every insert
+        actors = [h for h in self.hosts.values() if h.role == "actor"]
+        self._stop_and_wait(actors, time.monotonic() + 0.6 * SHUTDOWN_GRACE_S)
         if learner is not None:
             self._send_run_state(self.progress.run_state())
-            self._stop_and_wait([learner], deadline)
+        self._stop_and_wait([h for h in (replay, learner) if h is not None], deadline)
         for hosted in self.hosts.values():
             ray.kill(hosted.handle, no_restart=True)
         self._drain_telemetry(0.2)

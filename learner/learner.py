@@ -7,7 +7,9 @@ sent one update later and published weights are taken when their copy has arrive
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections import deque
 from pathlib import Path
@@ -55,6 +57,7 @@ class Learner:
                  max_updates: int = 0, meta: Optional[dict] = None,
                  run_state: Callable[[], dict] = dict, on_checkpoint: Callable[[Path], None] = lambda path: None):
         self.cfg, self.spec, self.env_id = cfg, spec, env.env_id
+        self.pixels = env.pixels  # how the policy sees the environment, kept in checkpoints
         self.solved_threshold = solved_threshold
         self.device = device
         self.update = make_update(cfg, spec, device, seed)
@@ -161,7 +164,8 @@ class Learner:
     def _report(self, elapsed: float) -> None:
         lat = np.array(self.prefetcher.latencies) if self.prefetcher.latencies else np.zeros(1)
         self.telemetry.report({
-            "updates": self.update.updates, "version": self.version, "loss": self._last_loss,
+            "updates": self.update.updates, "version": self.version,
+            "loss": self._last_loss if math.isfinite(self._last_loss) else None,  # NaN before the first update
             "updates_per_s": self.update.updates / max(elapsed, 1e-9),
             "data_wait_fraction": self.prefetcher.wait_s / max(elapsed, 1e-9), "data_wait_s": self.prefetcher.wait_s,
             "sample_latency_p50_ms": float(np.percentile(lat, 50) * 1e3),
@@ -187,6 +191,7 @@ class Learner:
             "mean": self.best.mean, "std": self.best.std, "min": self.best.min, "max": self.best.max,
             "episodes": len(self.best.returns), "version": self.best.version}
         meta = {**self.meta, **self.summary(), "net_spec": self.spec._asdict(), "env_id": self.env_id,
+                "pixels": None if self.pixels is None else dataclasses.asdict(self.pixels),
                 "policy_eval": best, "evaluations": self.evaluator.evaluations, "run_state": self.run_state(),
                 "saved_at": time.time()}
         path = save_checkpoint(self.checkpoint_path, arrays, meta)

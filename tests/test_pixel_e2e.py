@@ -50,3 +50,11 @@ def test_pixel_training_runs_end_to_end_on_cpu(qfleet_cmd, tmp_path):
     policy = greedy_policy(spec, {k[len("policy/"):]: v for k, v in arrays.items() if k.startswith("policy/")})
     result = evaluate(policy, "CartPole-v1", episodes=3, seed=7, pixels=PixelConfig())
     assert len(result.returns) == 3 and np.all(result.returns >= 1)
+
+    # `qfleet eval` knows from the checkpoint that this policy plays on stacked frames.
+    gif = tmp_path / "agent.gif"
+    out = subprocess.run(qfleet_cmd + ["eval", str(run), "--episodes", "2", "--gif", str(gif), "--gif-episodes", "1",
+                                       "--gif-max-frames", "20"], capture_output=True, text=True, env=python_env(),
+                         timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "greedy return over 2 episode(s)" in out.stdout and gif.stat().st_size > 0

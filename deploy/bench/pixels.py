@@ -140,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"fast renderer with the CNN policy: {acting:,.0f} frames/s per actor", flush=True)
     rend = renderers(base, args.envs, args.agreement_states, args.seconds)
     result.update(rend)
-    rows += [{"figure": "stock renderer alone, frames/s (pygame, no preprocessing)", "value": rend["stock_render_only_fps"]},
+    rows += [{"figure": "stock renderer alone, frames/s (pygame, no preprocessing)",
+              "value": rend["stock_render_only_fps"]},
              {"figure": "stock renderer + preprocessing, frames/s", "value": rend["stock_render_and_preprocess_fps"]},
              {"figure": "fast renderer (preprocessed frames), frames/s", "value": rend["fast_render_fps"]},
              {"figure": "fast vs stock, mean |difference| (grey levels)", "value": rend["agreement_mean_abs_diff"]},
