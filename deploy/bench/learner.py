@@ -7,7 +7,9 @@ process on synthetic batches: CartPole-shaped MLP batches of 256 (the default ne
 learner loop drives it: submit, collect at the implementation's depth, a weight snapshot
 every publish_every updates. Timing starts after a warm-up (which includes CUDA graph
 capture) and runs for --seconds, in a fresh process with the learner's thread settings;
-the figure is the median of three equal windows.
+the figure is the median of three equal windows. Updates per CPU-second of that process are
+reported beside it: on a shared CPU they show what one busy core does (on CUDA the host
+also waits for the GPU, so only the wall-clock figure means anything there).
 
 Full system: `qfleet train` for --system-seconds (not stopping when solved) with the
 default config for the MLP and deploy/configs/cartpole-pixels.yaml for the CNN, on the
@@ -70,9 +72,10 @@ def synthetic_batches(spec: NetSpec, batch_size: int, count: int = 8, seed: int 
 
 
 def drive(update, batches: list[dict], *, seconds: float, publish_every: int, warmup: int,
-          windows: int = 3) -> list[float]:
-    """Run updates as the learner loop does; returns updates/s of `windows` consecutive
-    timed windows of seconds / windows each (after `warmup` untimed updates)."""
+          windows: int = 3) -> tuple[list[float], list[float]]:
+    """Run updates as the learner loop does; returns the updates per wall-clock second and
+    per CPU-second of this process of `windows` consecutive timed windows of seconds /
+    windows each (after `warmup` untimed updates)."""
     def one(i: int) -> None:
         update.submit(batches[i % len(batches)])
         while update.in_flight >= update.depth:
@@ -83,18 +86,19 @@ def drive(update, batches: list[dict], *, seconds: float, publish_every: int, wa
 
     for i in range(warmup):
         one(i)
-    rates = []
+    wall, cpu = [], []
     for _ in range(windows):
         while update.in_flight:
             update.collect()
-        done, started = 0, time.perf_counter()
+        done, started, cpu_started = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds / windows:
             one(done)
             done += 1
         while update.in_flight:
             update.collect()
-        rates.append(done / (time.perf_counter() - started))
-    return rates
+        wall.append(done / (time.perf_counter() - started))
+        cpu.append(done / max(time.process_time() - cpu_started, 1e-9))
+    return wall, cpu
 
 
 def isolated(name: str, device: str, seconds: float) -> dict:
@@ -125,11 +129,12 @@ def _isolated(name: str, device: str, seconds: float) -> dict:
     cfg = dataclasses.replace(LearnerConfig(), batch_size=batch_size, device=device)
     update = make_update(cfg, spec, device, seed=0)
     warmup = 20 if spec.kind == "mlp" or device == "cuda" else 2
-    rates = drive(update, synthetic_batches(spec, batch_size), seconds=seconds, publish_every=cfg.publish_every,
-                  warmup=warmup)
-    rate = median(rates)
+    wall, cpu = drive(update, synthetic_batches(spec, batch_size), seconds=seconds, publish_every=cfg.publish_every,
+                      warmup=warmup)
+    rate = median(wall)
     return {"updates_per_s": rate, "samples_per_s": rate * batch_size, "batch_size": batch_size,
-            "backend": f"{resolve_backend(cfg, spec, device)} ({type(update).__name__})", "window_rates": rates}
+            "updates_per_cpu_s": median(cpu), "backend": f"{resolve_backend(cfg, spec, device)} "
+            f"({type(update).__name__})", "window_rates": wall}
 
 
 def system(name: str, device: str, seconds: float, run_root: Path) -> dict:
@@ -166,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
             result[f"{name}_samples_per_s"] = iso["samples_per_s"]
             result[f"{name}_isolated"] = iso
             print(f"{name}, isolated: {iso['updates_per_s']:,.1f} updates/s, {iso['samples_per_s']:,.0f} samples/s "
-                  f"(batch {iso['batch_size']}, {iso['backend']})", flush=True)
+                  f"(batch {iso['batch_size']}, {iso['backend']}; {iso['updates_per_cpu_s']:,.1f} updates per "
+                  "CPU-second)", flush=True)
             rows.append({"network": name, "measurement": "isolated", "batch": iso["batch_size"],
                          "updates/s": iso["updates_per_s"], "samples/s": iso["samples_per_s"]})
             if args.system_seconds > 0:

@@ -1,6 +1,7 @@
 """`qfleet bench pixels`: what pixel observations cost an actor, and what they cost the replay.
 
-Frames/s per actor (each the median of 3 runs over --seconds): one process steps --envs
+Frames/s per actor (each the median of 3 runs over --seconds, per wall-clock second and per
+CPU-second of the process, which a shared machine does not dilute): one process steps --envs
 CartPole environments with random actions through the pixel observation wrapper (render,
 crop, grey, downscale, stack), once with the stock renderer (gymnasium's pygame rgb_array frames, then
 Pillow) and once with qfleet's fast renderer; and the renderers alone (frames of the
@@ -26,7 +27,7 @@ from deploy.bench.report import machine, markdown_table, median, write_json
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--envs", type=int, default=32, help="environments per actor (one vector env)")
-    p.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    p.add_argument("--seconds", type=float, default=6.0, help="duration of each measurement")
     p.add_argument("--size", type=int, default=84)
     p.add_argument("--frame-stack", type=int, default=4)
     p.add_argument("--agreement-states", type=int, default=256)
@@ -36,19 +37,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 REPEATS = 3  # each rate is the median of this many runs (the machine is shared and noisy)
 
 
-def _rate(fn, frames_per_call: int, seconds: float) -> float:
+def _rate(fn, frames_per_call: int, seconds: float) -> dict:
+    """Frames per wall-clock second and per CPU-second of this process (the second does not
+    drop when other jobs take the core: it is what one busy core would do)."""
     fn()  # warm-up (numba loads its compiled kernel, pygame opens its surfaces)
-    rates = []
+    wall, cpu = [], []
     for _ in range(REPEATS):
-        done, started = 0, time.perf_counter()
+        done, started, cpu_started = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds / REPEATS:
             fn()
             done += frames_per_call
-        rates.append(done / (time.perf_counter() - started))
-    return median(rates)
+        wall.append(done / (time.perf_counter() - started))
+        cpu.append(done / max(time.process_time() - cpu_started, 1e-9))
+    return {"wall": median(wall), "cpu": median(cpu)}
 
 
-def stepping_rate(cfg: PixelConfig, envs: int, seconds: float, policy=None) -> float:
+def stepping_rate(cfg: PixelConfig, envs: int, seconds: float, policy=None) -> dict:
     """Environment steps (= frames) per second through the pixel wrapper."""
     from common.envs import make_vec_env
 
@@ -88,10 +92,10 @@ def renderers(cfg: PixelConfig, envs: int, agreement_states: int, seconds: float
         try:
             stock_frames = preprocess_frames(env.render(), crop, cfg.size)
             if timed:
-                result["stock_render_only_fps"] = _rate(env.render, n, seconds)
-                result["stock_render_and_preprocess_fps"] = _rate(
+                result["stock_render_only"] = _rate(env.render, n, seconds)
+                result["stock_render_and_preprocess"] = _rate(
                     lambda: preprocess_frames(env.render(), crop, cfg.size), n, seconds)
-                result["fast_render_fps"] = _rate(lambda: fast.render(states), n, seconds)
+                result["fast_render"] = _rate(lambda: fast.render(states), n, seconds)
         finally:
             env.close()
     diff = np.abs(stock_frames.astype(np.int16) - fast.render(states))
@@ -111,47 +115,48 @@ def _stock_env(states: np.ndarray):
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from common.netspec import NetSpec, make_policy
+    from common.networks import build_qnetwork, params_to_numpy
     from replay_server.storage import transition_dtype
 
-    base = PixelConfig(size=args.size, frame_stack=args.frame_stack)
     obs_shape = (args.frame_stack, args.size, args.size)
     result: dict = {"envs": args.envs, "obs_shape": list(obs_shape), "machine": machine()}
     rows = []
+
+    def record(key: str, figure: str, rate: dict) -> None:
+        result[key], result[key + "_per_cpu_s"] = rate["wall"], rate["cpu"]
+        rows.append({"figure": figure, "frames/s": rate["wall"], "frames per CPU-second": rate["cpu"]})
+        print(f"{figure}: {rate['wall']:,.0f} frames/s ({rate['cpu']:,.0f} per CPU-second)", flush=True)
+
     for renderer in ("stock", "fast"):
         cfg = PixelConfig(size=args.size, frame_stack=args.frame_stack, renderer=renderer)
-        rate = stepping_rate(cfg, args.envs, args.seconds)
-        result[f"{renderer}_actor_frames_per_s"] = rate
-        rows.append({"figure": f"actor frames/s, {renderer} renderer (step + render + preprocess + stack)",
-                     "value": rate})
-        print(f"{renderer} renderer: {rate:,.0f} frames/s per actor ({args.envs} envs)", flush=True)
-    import torch
-
-    from common.networks import build_qnetwork, params_to_numpy
-
+        record(f"{renderer}_actor_frames_per_s", f"actor, {renderer} renderer (step + render + preprocess + stack)",
+               stepping_rate(cfg, args.envs, args.seconds))
     torch.set_num_threads(1)
     spec = NetSpec("cnn", obs_shape, 2, (512,))
     policy = make_policy(spec)
     policy.load(params_to_numpy(build_qnetwork(spec)))
-    acting = stepping_rate(PixelConfig(size=args.size, frame_stack=args.frame_stack, renderer="fast"),
-                           args.envs, args.seconds, policy)
-    result["fast_actor_frames_per_s_with_cnn_policy"] = acting
-    rows.append({"figure": "actor frames/s, fast renderer + CNN forward pass (1 thread)", "value": acting})
-    print(f"fast renderer with the CNN policy: {acting:,.0f} frames/s per actor", flush=True)
-    rend = renderers(base, args.envs, args.agreement_states, args.seconds)
+    record("fast_actor_frames_per_s_with_cnn_policy", "actor, fast renderer + CNN forward pass (1 thread)",
+           stepping_rate(PixelConfig(size=args.size, frame_stack=args.frame_stack, renderer="fast"), args.envs,
+                         args.seconds, policy))
+    rend = renderers(PixelConfig(size=args.size, frame_stack=args.frame_stack), args.envs, args.agreement_states,
+                     args.seconds)
+    record("stock_render_only_fps", "stock renderer alone (pygame rgb_array)", rend.pop("stock_render_only"))
+    record("stock_render_and_preprocess_fps", "stock renderer + preprocessing (Pillow)",
+           rend.pop("stock_render_and_preprocess"))
+    record("fast_render_fps", "fast renderer alone (preprocessed frames)", rend.pop("fast_render"))
     result.update(rend)
-    rows += [{"figure": "stock renderer alone, frames/s (pygame, no preprocessing)",
-              "value": rend["stock_render_only_fps"]},
-             {"figure": "stock renderer + preprocessing, frames/s", "value": rend["stock_render_and_preprocess_fps"]},
-             {"figure": "fast renderer (preprocessed frames), frames/s", "value": rend["fast_render_fps"]},
-             {"figure": "fast vs stock, mean |difference| (grey levels)", "value": rend["agreement_mean_abs_diff"]},
-             {"figure": "fast vs stock, largest |difference| (grey levels)", "value": rend["agreement_max_abs_diff"]},
-             {"figure": "fast vs stock, share of differing pixels", "value": rend["agreement_differing_pixels"]}]
     per_item = transition_dtype(obs_shape, np.uint8).itemsize
     result["bytes_per_transition"] = per_item
     result["float32_bytes_per_transition"] = transition_dtype(obs_shape, np.float32).itemsize
-    rows.append({"figure": "replay bytes per transition (uint8 obs + next obs, action, reward, discount)",
-                 "value": per_item})
-    print(markdown_table(rows, ["figure", "value"]))
+    print(markdown_table(rows, ["figure", "frames/s", "frames per CPU-second"]))
+    print(markdown_table([
+        {"figure": "fast vs stock, mean |difference| (grey levels)", "value": rend["agreement_mean_abs_diff"]},
+        {"figure": "fast vs stock, largest |difference| (grey levels)", "value": rend["agreement_max_abs_diff"]},
+        {"figure": "fast vs stock, share of differing pixels", "value": rend["agreement_differing_pixels"]},
+        {"figure": "replay bytes per transition (uint8 obs + next obs, action, reward, discount)",
+         "value": per_item}], ["figure", "value"]))
     write_json(result, args.json)
     return 0
