@@ -146,8 +146,8 @@ def make_vec_env(env: str, num_envs: int, pixels: Optional[PixelConfig] = None,
         frames = renderer == "stock" or render_mode is not None  # also for recording what it plays
         base = make_vec_env(env_id, num_envs, render_mode="rgb_array" if frames else None)
         return PixelObservations(base, env_id=env_id, cfg=pixels, renderer=renderer)
-    spec = gym.spec(env_id)
-    mode = "vector_entry_point" if _native_vector(spec, render_mode) else "sync"
+    spec = gym.spec(env_id)  # rendering copies are synchronous: each is seeded S+i and renders itself
+    mode = "vector_entry_point" if spec.vector_entry_point is not None and not render_mode else "sync"
     kwargs = {"render_mode": render_mode} if render_mode else {}
     env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
     autoreset = env.metadata.get("autoreset_mode")
@@ -156,11 +156,3 @@ def make_vec_env(env: str, num_envs: int, pixels: Optional[PixelConfig] = None,
         raise EnvironmentSpecError(f"'{env_id}' vector env uses autoreset mode {autoreset}; qfleet expects NEXT_STEP")
     return env
 
-
-def _native_vector(spec, render_mode: Optional[str]) -> bool:
-    if spec.vector_entry_point is None:
-        return False
-    if not render_mode:
-        return True
-    creator = gym.envs.registration.load_env_creator(spec.vector_entry_point)
-    return render_mode in getattr(creator, "metadata", {}).get("render_modes", [])
