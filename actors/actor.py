@@ -1,5 +1,8 @@
-"""The actor loop: vectorized environments, epsilon-greedy numpy policy, n-step adder,
-batched pushes with backpressure, weights applied between steps, progress reports."""
+"""The actor loop: vectorized environments, epsilon-greedy policy, n-step adder,
+batched pushes with backpressure, weights applied between steps, progress reports.
+
+The policy is numpy for MLPs (the actor never imports torch) and torch on the CPU for
+CNNs; with pixel observations the environments are wrapped to give stacked frames."""
 from __future__ import annotations
 
 import time
@@ -15,7 +18,7 @@ from common import messages as m
 from common.config import ActorConfig
 from common.envs import EnvSpec, make_vec_env
 from common.errors import QfleetTimeout
-from common.netspec import NetSpec, NumpyQNet, epsilon_greedy
+from common.netspec import NetSpec, epsilon_greedy, make_policy
 from common.telemetry import Telemetry
 from replay_server.client import ReplayClient
 
@@ -32,7 +35,7 @@ class Actor:
         self.max_insert_batch = max_insert_batch
         self.seed = seed
         self.telemetry = telemetry or Telemetry(None, "actor", index)
-        self.policy = NumpyQNet(net)
+        self.policy = make_policy(net)
         self.schedule = EpsilonSchedule(cfg, index, num_actors)
         self.adder = NStepAdder(num_envs=cfg.envs_per_actor, n=cfg.n_step, gamma=cfg.gamma,
                                 obs_shape=env.obs_shape, obs_dtype=env.obs_dtype)
@@ -54,7 +57,7 @@ class Actor:
 
     def run(self, should_stop: Callable[[], bool], max_env_steps: int = 0) -> dict:
         cfg = self.cfg
-        envs = make_vec_env(self.env_spec.env_id, cfg.envs_per_actor)
+        envs = make_vec_env(self.env_spec.env_id, cfg.envs_per_actor, pixels=self.env_spec.pixels)
         obs, _ = envs.reset(seed=self.seed * 10_007 + self.index * 101)
         done_prev = np.zeros(cfg.envs_per_actor, bool)
         ep_return = np.zeros(cfg.envs_per_actor)

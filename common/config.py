@@ -1,8 +1,9 @@
 """Typed configuration: one frozen dataclass per component, a docstring per field.
 
-Each component receives only its own section (ActorConfig, ReplayConfig, LearnerConfig);
-RunConfig holds what the launcher needs. `common.config_loader` reads these from YAML or
-TOML, applies `--set section.field=value` overrides, and validates every field.
+Each component receives only its own section (ActorConfig, ReplayConfig, LearnerConfig,
+PixelConfig for the pixel observation wrapper); RunConfig holds what the launcher needs.
+`common.config_loader` reads these from YAML or TOML, applies `--set section.field=value`
+overrides, and validates every field.
 """
 from __future__ import annotations
 
@@ -86,6 +87,8 @@ class LearnerConfig:
     """Adam epsilon."""
     hidden: tuple[int, ...] = setting((128, 128), min_len=1, ge=1)
     """Hidden layer sizes of the MLP Q-network."""
+    cnn_hidden: tuple[int, ...] = setting((512,), min_len=1, ge=1)
+    """Dense layer sizes after the convolutional torso of the CNN Q-network (pixel observations)."""
     dueling: bool = setting(False)
     """Dueling heads (value + advantage)."""
     target_update: str = setting("polyak", choices=("hard", "polyak"))
@@ -120,6 +123,13 @@ class LearnerConfig:
     backend: str = setting("auto", choices=("auto", "numpy", "torch"))
     """Update implementation: 'auto' uses numpy for MLPs on the CPU (several times faster
     than torch for small networks) and torch on CUDA and for CNNs."""
+    cuda_graphs: bool = setting(True)
+    """On CUDA, capture the whole update (forward, target, loss, backward, clipping, Adam,
+    Polyak) once as a CUDA graph and replay it: one launch per update instead of ~50."""
+    precision: str = setting("auto", choices=("auto", "fp32", "bf16"))
+    """Arithmetic of the forward and backward passes on CUDA: 'bf16' autocast (weights, Adam
+    and the loss stay float32), 'fp32', or 'auto' (bf16 for CNNs where the GPU supports it,
+    fp32 otherwise). The CPU always computes in fp32."""
     threads: int = setting(1, ge=1, le=256)
     """CPU threads for the learner's math (BLAS and torch intra-op). 1 suits small networks
     and keeps the learner from fighting the actors for cores."""
@@ -140,6 +150,10 @@ class LearnerConfig:
 class RunConfig:
     env: str = setting("CartPole-v1")
     """Gymnasium environment id, or 'package.module:Class' for your own environment."""
+    obs: str = setting("vector", choices=("vector", "pixels"))
+    """What the agent observes: 'vector' (the environment's own observations, MLP Q-network)
+    or 'pixels' (its rendered frames, preprocessed and stacked as the pixels section says,
+    CNN Q-network)."""
     seed: int = setting(0, ge=0)
     """Seed for environments, exploration and network initialisation."""
     actors: int = setting(2, ge=1, le=4096)
@@ -194,6 +208,22 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class PixelConfig:
+    size: int = setting(84, ge=36, le=512)
+    """Side of the square grayscale frames the CNN sees (the DQN torso needs at least 36)."""
+    frame_stack: int = setting(4, ge=1, le=16)
+    """Frames per observation, newest last; the first frame of an episode fills the whole stack."""
+    crop: tuple[float, ...] = setting((), ge=0, le=1)
+    """Part of the rendered frame kept before downscaling, as fractions (top, bottom, left,
+    right); empty: the band of the screen where CartPole's cart and pole move, the whole
+    frame for other environments."""
+    renderer: str = setting("auto", choices=("auto", "stock", "fast"))
+    """Where frames come from: 'stock', the environment's own rgb_array rendering; 'fast',
+    qfleet's vectorized CartPole renderer (the same scene drawn from the state, ~25x faster,
+    checked against the stock one); 'auto', fast for CartPole and stock otherwise."""
+
+
+@dataclass(frozen=True)
 class QfleetConfig:
     """The whole resolved configuration of a run (what the run directory saves)."""
 
@@ -202,10 +232,11 @@ class QfleetConfig:
     learner: LearnerConfig = LearnerConfig()
     run: RunConfig = RunConfig()
     ray: RayConfig = RayConfig()
+    pixels: PixelConfig = PixelConfig()
 
 
 SECTIONS = {"actor": ActorConfig, "replay": ReplayConfig, "learner": LearnerConfig, "run": RunConfig,
-            "ray": RayConfig}
+            "ray": RayConfig, "pixels": PixelConfig}
 
 
 # -- baselines (`qfleet baseline ...`): single-process learners that write the same metrics --

@@ -7,6 +7,11 @@ class attributes `reward_threshold` and `max_episode_steps` when it defines them
 threshold decides "solved"; the step limit adds gymnasium's TimeLimit).
 qfleet needs a discrete action space and a Box observation space (any shape; networks
 flatten it); anything else is refused with a message that says so before any process starts.
+
+With pixel settings (`run.obs: pixels`), the observations are the environment's rendered
+frames instead, preprocessed and stacked by `common.pixel_env.PixelObservations`; the
+EnvSpec then describes those (k, size, size) uint8 stacks and carries the settings, so
+every process builds the same observations from it.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import NamedTuple, Optional
 import gymnasium as gym
 import numpy as np
 
+from common.config import PixelConfig, QfleetConfig
 from common.errors import EnvironmentSpecError
 
 
@@ -27,6 +33,7 @@ class EnvSpec(NamedTuple):
     reward_threshold: Optional[float]
     max_episode_steps: Optional[int]
     render_fps: Optional[float] = None  # frames per second of real-time rendering, when declared
+    pixels: Optional[PixelConfig] = None  # set: observations are stacked preprocessed frames
 
 
 def resolve_env_id(env: str) -> str:
@@ -55,8 +62,23 @@ def resolve_env_id(env: str) -> str:
     return env_id
 
 
-def describe_env(env: str) -> EnvSpec:
-    """Spaces and thresholds of `env`; EnvironmentSpecError if qfleet cannot train on it."""
+def describe_run_env(cfg: QfleetConfig) -> EnvSpec:
+    """The EnvSpec of a run: its environment, observed as run.obs says."""
+    return describe_env(cfg.run.env, pixels=cfg.pixels if cfg.run.obs == "pixels" else None)
+
+
+def describe_env(env: str, pixels: Optional[PixelConfig] = None) -> EnvSpec:
+    """Spaces and thresholds of `env` (seen through `pixels` if given); EnvironmentSpecError
+    if qfleet cannot train on it."""
+    spec = _describe(env)
+    if pixels is None:
+        return spec
+    _check_pixels(env, pixels)
+    return spec._replace(obs_shape=(pixels.frame_stack, pixels.size, pixels.size), obs_dtype=np.dtype(np.uint8),
+                         pixels=pixels)
+
+
+def _describe(env: str) -> EnvSpec:
     try:
         probe = gym.make(resolve_env_id(env))
     except EnvironmentSpecError:
@@ -86,17 +108,51 @@ def describe_env(env: str) -> EnvSpec:
         probe.close()
 
 
-def make_vec_env(env: str, num_envs: int, **kwargs) -> gym.vector.VectorEnv:
-    """`num_envs` copies of `env` (an id or module:Class) as one batch: the environment's
-    native vector implementation when it has one (CartPole does), else gymnasium's
-    synchronous wrapper. Autoreset is NEXT_STEP: the step after an episode ends is a reset
-    step whose output is not a transition."""
+def _check_pixels(env: str, pixels: PixelConfig) -> None:
+    """Refuse, before anything starts, pixel settings this environment cannot produce."""
+    from common.pixel_env import choose_renderer, default_crop
+    from common.pixels import crop_pixels
+
     env_id = resolve_env_id(env)
-    spec = gym.spec(env_id)
-    mode = "vector_entry_point" if spec.vector_entry_point is not None and not kwargs.get("render_mode") else "sync"
+    if choose_renderer(env_id, pixels.renderer) == "fast":
+        crop_pixels(default_crop(env_id, pixels), 400, 600)  # the fast renderer draws CartPole's 600x400 screen
+        return
+    try:
+        probe = gym.make(env_id, render_mode="rgb_array")
+    except Exception as exc:
+        raise EnvironmentSpecError(f"'{env}' cannot render rgb_array frames for --obs pixels: {exc}") from None
+    try:
+        probe.reset(seed=0)
+        frame = probe.render()
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3:
+            raise EnvironmentSpecError(f"'{env}' rendered {type(frame).__name__}, not an (H, W, 3) rgb_array frame")
+        crop_pixels(default_crop(env_id, pixels), frame.shape[0], frame.shape[1])
+    finally:
+        probe.close()
+
+
+def make_vec_env(env: str, num_envs: int, pixels: Optional[PixelConfig] = None,
+                 render_mode: Optional[str] = None) -> gym.vector.VectorEnv:
+    """`num_envs` copies of `env` (an id or module:Class) as one batch: the environment's
+    native vector implementation when it has one (CartPole does) and supports the render
+    mode, else gymnasium's synchronous wrapper. Autoreset is NEXT_STEP: the step after an
+    episode ends is a reset step whose output is not a transition. With `pixels`,
+    observations are stacked frames (`common.pixel_env`)."""
+    env_id = resolve_env_id(env)
+    if pixels is not None:
+        from common.pixel_env import PixelObservations, choose_renderer  # numba, Pillow: pixel runs only
+
+        renderer = choose_renderer(env_id, pixels.renderer)
+        frames = renderer == "stock" or render_mode is not None  # also for recording what it plays
+        base = make_vec_env(env_id, num_envs, render_mode="rgb_array" if frames else None)
+        return PixelObservations(base, env_id=env_id, cfg=pixels, renderer=renderer)
+    spec = gym.spec(env_id)  # rendering copies are synchronous: each is seeded S+i and renders itself
+    mode = "vector_entry_point" if spec.vector_entry_point is not None and not render_mode else "sync"
+    kwargs = {"render_mode": render_mode} if render_mode else {}
     env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
     autoreset = env.metadata.get("autoreset_mode")
     if autoreset is not None and getattr(autoreset, "name", str(autoreset)) != "NEXT_STEP":
         env.close()
         raise EnvironmentSpecError(f"'{env_id}' vector env uses autoreset mode {autoreset}; qfleet expects NEXT_STEP")
     return env
+

@@ -4,6 +4,11 @@
 the torch module (`common.networks`) has, so a weights message can be validated exactly
 by processes that never import torch. `NumpyQNet` runs the MLP forward pass in numpy:
 actors need no torch (faster start-up, less memory), and its output matches torch's.
+`make_policy` gives that for MLPs and the torch forward pass for CNNs (pixel observations).
+
+The CNN is the DQN torso of Mnih et al. (2015): three convolutions (32 8x8 stride 4,
+64 4x4 stride 2, 64 3x3 stride 1, ReLU after each, no normalisation) on stacked uint8
+frames scaled to [0, 1], then the same dense layers and heads as the MLP.
 """
 from __future__ import annotations
 
@@ -12,21 +17,40 @@ from typing import NamedTuple
 import numpy as np
 
 
+CONV_LAYERS = ((32, 8, 4), (64, 4, 2), (64, 3, 1))  # (out channels, kernel, stride)
+
+
 class NetSpec(NamedTuple):
-    kind: str             # "mlp" (vector observations) or "cnn" (stacked frames)
+    kind: str             # "mlp" (vector observations) or "cnn" (stacked frames, (k, H, W) uint8)
     obs_shape: tuple
     num_actions: int
-    hidden: tuple = (128, 128)
+    hidden: tuple = (128, 128)  # dense layers (after the convolutions for a CNN)
     dueling: bool = False
+
+
+def conv_output_shape(obs_shape: tuple) -> tuple[int, int, int]:
+    """(channels, height, width) after the CNN torso; ValueError if frames are too small."""
+    _, h, w = obs_shape
+    for _, kernel, stride in CONV_LAYERS:
+        h, w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+    if h < 1 or w < 1:
+        raise ValueError(f"frames of {obs_shape[1]}x{obs_shape[2]} are too small for the DQN torso (needs 36x36)")
+    return CONV_LAYERS[-1][0], h, w
 
 
 def param_shapes(spec: NetSpec) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape, in the order of the torch module's state_dict."""
-    if spec.kind != "mlp":
-        from common.networks import torch_param_shapes  # CNN shapes come from torch itself
-        return torch_param_shapes(spec)
+    if spec.kind not in ("mlp", "cnn"):
+        raise ValueError(f"unknown network kind '{spec.kind}'")
     shapes: dict[str, tuple[int, ...]] = {}
     width = int(np.prod(spec.obs_shape))
+    if spec.kind == "cnn":
+        channels = spec.obs_shape[0]
+        for i, (out, kernel, _) in enumerate(CONV_LAYERS):
+            shapes[f"conv.{2 * i}.weight"] = (out, channels, kernel, kernel)
+            shapes[f"conv.{2 * i}.bias"] = (out,)
+            channels = out
+        width = int(np.prod(conv_output_shape(spec.obs_shape)))
     for i, h in enumerate(spec.hidden):
         shapes[f"torso.{2 * i}.weight"] = (h, width)
         shapes[f"torso.{2 * i}.bias"] = (h,)
@@ -74,6 +98,16 @@ class NumpyQNet:
         (wv, bv), (wa, ba) = self._heads
         adv = x @ wa + ba
         return (x @ wv + bv) + adv - adv.mean(axis=1, keepdims=True)
+
+
+def make_policy(spec: NetSpec):
+    """obs -> Q-values, loaded with `load(params)`: numpy for MLPs (no torch import), torch
+    on the CPU for CNNs."""
+    if spec.kind == "mlp":
+        return NumpyQNet(spec)
+    from common.networks import TorchQPolicy
+
+    return TorchQPolicy(spec)
 
 
 def epsilon_greedy(q: np.ndarray, epsilons: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Torch Q-networks: MLP (optionally dueling) for vector observations.
+"""Torch Q-networks: an MLP for vector observations, the DQN CNN torso for stacked frames,
+and a CPU policy wrapper for processes that act with a CNN.
 
 Parameter names and shapes match `common.netspec.param_shapes`, which is how processes
 without torch validate a weights message.
@@ -9,18 +10,36 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.netspec import NetSpec
+from common.netspec import CONV_LAYERS, NetSpec, conv_output_shape
+
+PIXEL_SCALE = 1.0 / 255.0
 
 
-class MLPQNetwork(nn.Module):
+class QNetwork(nn.Module):
+    """[conv torso (CNN only)] -> dense ReLU layers -> Q head (or dueling value + advantage).
+
+    A CNN takes (B, k, H, W) frames as uint8 (or floats in 0..255) and scales them to [0, 1]
+    itself, so batches can travel and be stored as uint8."""
+
     def __init__(self, spec: NetSpec):
         super().__init__()
-        layers: list[nn.Module] = []
+        self.kind = spec.kind
         width = int(np.prod(spec.obs_shape))
+        if spec.kind == "cnn":
+            layers: list[nn.Module] = []
+            channels = spec.obs_shape[0]
+            for out, kernel, stride in CONV_LAYERS:
+                layers += [nn.Conv2d(channels, out, kernel, stride), nn.ReLU()]
+                channels = out
+            self.conv = nn.Sequential(*layers)
+            width = int(np.prod(conv_output_shape(spec.obs_shape)))
+        elif spec.kind != "mlp":
+            raise ValueError(f"unknown network kind '{spec.kind}'")
+        dense: list[nn.Module] = []
         for h in spec.hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            dense += [nn.Linear(width, h), nn.ReLU()]
             width = h
-        self.torso = nn.Sequential(*layers)
+        self.torso = nn.Sequential(*dense)
         self.dueling = spec.dueling
         if spec.dueling:
             self.value = nn.Linear(width, 1)
@@ -29,6 +48,8 @@ class MLPQNetwork(nn.Module):
             self.head = nn.Linear(width, spec.num_actions)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.kind == "cnn":
+            obs = self.conv(obs.float() * PIXEL_SCALE)
         x = self.torso(obs.flatten(1))
         if not self.dueling:
             return self.head(x)
@@ -37,15 +58,31 @@ class MLPQNetwork(nn.Module):
 
 
 def build_qnetwork(spec: NetSpec) -> nn.Module:
-    if spec.kind == "mlp":
-        return MLPQNetwork(spec)
-    raise ValueError(f"unknown network kind '{spec.kind}'")
-
-
-def torch_param_shapes(spec: NetSpec) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in build_qnetwork(spec).state_dict().items()}
+    return QNetwork(spec)
 
 
 def params_to_numpy(net: nn.Module) -> dict[str, np.ndarray]:
     """float32 numpy copies of the parameters (for publishing or evaluation)."""
     return {k: v.detach().to("cpu", torch.float32).numpy().copy() for k, v in net.state_dict().items()}
+
+
+class TorchQPolicy:
+    """obs -> Q-values (numpy in, numpy out) with a torch network on the CPU; the actors'
+    and the evaluator's forward pass for CNNs. Same interface as `NumpyQNet`."""
+
+    def __init__(self, spec: NetSpec):
+        self.spec = spec
+        self.net = build_qnetwork(spec).requires_grad_(False).eval()
+        self._loaded = False
+
+    def load(self, params: dict[str, np.ndarray]) -> None:
+        self.net.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in params.items()})
+        self._loaded = True
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.net(torch.from_numpy(np.ascontiguousarray(obs))).numpy()

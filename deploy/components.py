@@ -72,6 +72,9 @@ class Placement:
 
 
 def net_spec(cfg: QfleetConfig, env: EnvSpec) -> NetSpec:
+    """The Q-network for the run's observations: a CNN on stacked frames, an MLP otherwise."""
+    if env.pixels is not None:
+        return NetSpec("cnn", env.obs_shape, env.num_actions, tuple(cfg.learner.cnn_hidden), cfg.learner.dueling)
     return NetSpec("mlp", env.obs_shape, env.num_actions, tuple(cfg.learner.hidden), cfg.learner.dueling)
 
 
@@ -185,7 +188,7 @@ def run_learner(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start,
                           keys=place.keys, timeout=cfg.learner.sample_timeout_s)
     device = resolve_device(cfg.learner.device)
     checkpoint = _in_run_dir(place, "checkpoint.npz")
-    learner = Learner(cfg=cfg.learner, spec=spec, env_id=env.env_id, solved_threshold=solved_threshold,
+    learner = Learner(cfg=cfg.learner, spec=spec, env=env, solved_threshold=solved_threshold,
                       replay=replay, publisher=publisher, device=device, seed=cfg.run.seed, telemetry=telemetry,
                       checkpoint_path=Path(checkpoint) if checkpoint else None, max_updates=cfg.run.max_updates,
                       meta={"env": cfg.run.env, "config": config_to_dict(cfg)}, run_state=control.run_state,

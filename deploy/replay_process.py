@@ -6,7 +6,7 @@ import json
 import logging
 
 from common.config_loader import load_config
-from common.envs import describe_env
+from common.envs import describe_run_env
 from deploy.processes import StopFlag, setup_logging
 from replay_server.build import build_replay_server
 
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging("replay")
     overrides = list(args.set) + ([f"run.env={args.env}"] if args.env else [])
     cfg = load_config(args.config, overrides)
-    spec = describe_env(cfg.run.env)
+    spec = describe_run_env(cfg)
     server = build_replay_server(cfg.replay, spec, max_sample_batch=cfg.learner.batch_size, host=args.bind,
                                  insert_port=args.insert_port, request_port=args.request_port,
                                  snapshot_dir=args.snapshot_dir, seed=cfg.run.seed)

@@ -6,19 +6,22 @@ import dataclasses
 import time
 from pathlib import Path
 
+import psutil
+
 from common.config import QfleetConfig
 from common.config_loader import load_config, save_config
-from common.envs import EnvSpec, describe_env
+from common.envs import EnvSpec, describe_env, describe_run_env
 from common.errors import ConfigError
 from deploy.eval_command import add_gif_options
 from deploy.processes import StopFlag
 from replay_server.build import effective_error_buffer
 from replay_server.rate_limiter import RateLimiter
+from replay_server.storage import transition_dtype
 
 FLAGS = {  # flag -> config field it sets
     "env": "run.env", "actors": "run.actors", "envs_per_actor": "actor.envs_per_actor", "seed": "run.seed",
     "max_seconds": "run.max_seconds", "run_dir": "run.run_dir", "name": "run.name", "backend": "run.backend",
-    "address": "ray.address",
+    "address": "ray.address", "obs": "run.obs",
 }
 
 
@@ -35,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("local", "ray"), help="where to run (default local)")
     p.add_argument("--address", help="with --backend ray: 'auto' or HOST:PORT of a running Ray cluster "
                    "(default: the cluster of a Ray job, else a new local Ray)")
+    p.add_argument("--obs", choices=("vector", "pixels"),
+                   help="observe the environment's vectors (MLP) or its rendered frames (CNN; see the pixels section)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint and replay snapshot "
                    "(its config.yaml is the base; --set and flags such as --actors still apply)")
     p.add_argument("--gif", action="store_true",
@@ -53,7 +58,7 @@ def resolve(args: argparse.Namespace) -> tuple[QfleetConfig, EnvSpec]:
         if not base.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there; pass the directory of a qfleet run")
     cfg = load_config(base, list(args.set) + overrides)
-    env = describe_env(cfg.run.env)
+    env = describe_run_env(cfg)
     threshold = cfg.learner.solved_threshold if cfg.learner.solved_threshold is not None else env.reward_threshold
     sample_batch = cfg.learner.batch_size * cfg.learner.batches_per_request
     replay = dataclasses.replace(cfg.replay, error_buffer=effective_error_buffer(cfg.replay, sample_batch))
@@ -63,12 +68,31 @@ def resolve(args: argparse.Namespace) -> tuple[QfleetConfig, EnvSpec]:
     if cfg.actor.envs_per_actor * cfg.actor.flush_every_steps > 64 * replay.max_insert_batch:
         raise ConfigError("actor.envs_per_actor * actor.flush_every_steps is over 64 insert messages per push; "
                           "raise replay.max_insert_batch or lower actor.flush_every_steps")
+    _check_sizes(cfg, env, sample_batch)
     RateLimiter(min_size_to_sample=replay.min_size_to_sample, samples_per_insert=replay.samples_per_insert,
                 error_buffer=replay.error_buffer, max_insert_batch=replay.max_insert_batch,
                 max_sample_batch=sample_batch)  # raises, naming the deadlock, before anything starts
     cfg = dataclasses.replace(cfg, replay=replay,
                               learner=dataclasses.replace(cfg.learner, solved_threshold=threshold))
     return cfg, env
+
+
+def _check_sizes(cfg: QfleetConfig, env: EnvSpec, sample_batch: int) -> None:
+    """Refuse message and table sizes that cannot work (pixel transitions are ~56 KB each)."""
+    per_item = transition_dtype(env.obs_shape, env.obs_dtype).itemsize
+    limit = cfg.replay.max_message_bytes
+    push = min(cfg.replay.max_insert_batch, cfg.actor.envs_per_actor * cfg.actor.flush_every_steps)
+    for what, count, fix in (("a sample reply", sample_batch, "learner.batch_size or learner.batches_per_request"),
+                             ("an insert message", push, "replay.max_insert_batch or actor.envs_per_actor")):
+        if count * per_item > limit:
+            raise ConfigError(f"{what} would be {count} transitions x {per_item:,} bytes = "
+                              f"{count * per_item / 2**20:,.0f} MiB, over replay.max_message_bytes "
+                              f"({limit / 2**20:,.0f} MiB); lower {fix}")
+    table = cfg.replay.capacity * per_item
+    available = psutil.virtual_memory().available
+    if table > 0.8 * available:
+        raise ConfigError(f"replay.capacity = {cfg.replay.capacity:,} transitions of {per_item:,} bytes needs "
+                          f"{table / 2**30:.1f} GiB; this machine has {available / 2**30:.1f} GiB available")
 
 
 def make_run_dir(root: str, name: str, label: str) -> Path:
@@ -113,6 +137,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"qfleet: {'resuming' if resume_state is not None else 'training'} {env.env_id} with {cfg.run.actors} "
           f"actor(s) x {cfg.actor.envs_per_actor} envs; solved at greedy mean >= {cfg.learner.solved_threshold}; "
           f"run directory {run_dir}", flush=True)
+    if env.pixels is not None:
+        per_item = transition_dtype(env.obs_shape, env.obs_dtype).itemsize
+        print(f"qfleet: observing pixels: stacks of {env.pixels.frame_stack} {env.pixels.size}x{env.pixels.size} "
+              f"grey frames (uint8); replay stores {per_item:,} bytes per transition, "
+              f"{per_item * cfg.replay.capacity / 2**20:,.0f} MiB at capacity {cfg.replay.capacity:,} "
+              f"(deploy/configs/cartpole-pixels.yaml holds settings made for pixels)", flush=True)
     from deploy.launcher import write_summary
 
     say = lambda line: print(line, flush=True)  # noqa: E731
@@ -154,8 +184,9 @@ def after_run(run_dir: Path, args: argparse.Namespace, seed: int) -> None:
 
         try:
             saved = load_policy(run_dir)
-            print("qfleet: " + write_gif(greedy_policy(saved.spec, saved.params), describe_env(saved.env),
-                                         run_dir / "agent.gif", args, seed), flush=True)
+            env = describe_env(saved.env, pixels=saved.pixels)
+            print("qfleet: " + write_gif(greedy_policy(saved.spec, saved.params), env, run_dir / "agent.gif", args,
+                                         seed), flush=True)
         except QfleetError as exc:
             print(f"qfleet: no GIF: {exc}", flush=True)
 

@@ -40,14 +40,19 @@ def resolve_backend(cfg: LearnerConfig, spec: NetSpec, device: str) -> str:
 
 
 def make_update(cfg: LearnerConfig, spec: NetSpec, device: str, seed: int):
-    """The update object: NumpyDQN or TorchDQN, with the same interface."""
+    """The update object (`learner.update` describes its interface): NumpyDQN for MLPs on
+    the CPU, TorchDQN for CNNs on the CPU, DeviceDQN (CUDA graphs, pipelined) on CUDA."""
     if resolve_backend(cfg, spec, device) == "numpy":
         from learner.numpy_dqn import NumpyDQN
 
         return NumpyDQN(cfg, spec, seed)
     import torch
 
+    torch.set_num_threads(cfg.threads)
+    if device == "cuda":
+        from learner.device_dqn import DeviceDQN
+
+        return DeviceDQN(cfg, spec, torch.device(device), seed)
     from learner.torch_dqn import TorchDQN
 
-    torch.set_num_threads(cfg.threads)
     return TorchDQN(cfg, spec, torch.device(device), seed)

@@ -10,10 +10,11 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
+from common.config import PixelConfig
 from common.errors import CheckpointError
 from common.netspec import NetSpec, param_shapes
 
@@ -67,6 +68,7 @@ class Policy(NamedTuple):
     spec: NetSpec
     env: str          # the --env of the run (gymnasium id or module:Class)
     meta: dict[str, Any]
+    pixels: Optional[PixelConfig] = None  # set when the policy plays on stacked frames
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -85,4 +87,7 @@ def load_policy(path: str | Path) -> Policy:
     if got != expected:
         raise CheckpointError(f"checkpoint {path}: policy weights {got or 'missing'} do not match its network "
                               f"{spec.kind} {spec.obs_shape} -> {spec.hidden} -> {spec.num_actions}")
-    return Policy(params, spec, env, meta)
+    pixels = meta.get("pixels")
+    if pixels:
+        pixels = PixelConfig(**{**pixels, "crop": tuple(pixels.get("crop") or ())})
+    return Policy(params, spec, env, meta, pixels or None)

@@ -2,9 +2,10 @@
 
 `evaluate` runs E copies of the environment as one vector env, one episode each (steps of
 copies whose episode ended are ignored), and returns the episode returns; given
-`on_frames`, it also renders them (what `learner.recording` turns into GIFs).
+`on_frames`, it also renders them (what `learner.recording` turns into GIFs). With pixel
+settings the copies are observed as stacked frames, exactly as the actors see them.
 `BackgroundEvaluator` runs it in a child process on a snapshot of the weights, so
-training goes on while it plays.
+training goes on while it plays (a CNN policy runs in torch on the CPU there).
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from common.envs import make_vec_env
-from common.netspec import NetSpec, NumpyQNet
+from common.config import PixelConfig
+from common.envs import EnvSpec, make_vec_env
+from common.netspec import NetSpec, make_policy
 
 
 class EvalResult(NamedTuple):
@@ -33,12 +35,14 @@ FrameSink = Callable[[Sequence[np.ndarray], np.ndarray], None]
 
 
 def evaluate(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int,
-             max_steps: int = 100_000, version: int = -1, on_frames: Optional[FrameSink] = None) -> EvalResult:
+             max_steps: int = 100_000, version: int = -1, on_frames: Optional[FrameSink] = None,
+             pixels: Optional[PixelConfig] = None) -> EvalResult:
     """Returns of the greedy policy (policy: obs -> Q-values or action scores; it takes the
     argmax) over `episodes` episodes. With `on_frames`, every copy is rendered (rgb_array)
     after the reset and after each step, and `on_frames(frames, live)` gets the frames and
-    which copies they belong to an episode of (the frame of a final step included)."""
-    env = make_vec_env(env_id, episodes, **({"render_mode": "rgb_array"} if on_frames else {}))
+    which copies they belong to an episode of (the frame of a final step included). With
+    `pixels`, the policy sees stacked preprocessed frames (`common.pixel_env`)."""
+    env = make_vec_env(env_id, episodes, pixels=pixels, render_mode="rgb_array" if on_frames else None)
     try:
         obs, _ = env.reset(seed=seed)
         returns = np.zeros(episodes)
@@ -63,13 +67,13 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: 
 
 
 def greedy_policy(spec: NetSpec, params: dict) -> Callable[[np.ndarray], np.ndarray]:
-    """obs -> Q-values for a parameter dict."""
-    net = NumpyQNet(spec)
+    """obs -> Q-values for a parameter dict (numpy for MLPs, torch on the CPU for CNNs)."""
+    net = make_policy(spec)
     net.load(params)
     return net
 
 
-def _serve(conn: Connection, spec: NetSpec, env_id: str, episodes: int) -> None:
+def _serve(conn: Connection, spec: NetSpec, env: EnvSpec, episodes: int) -> None:
     """The evaluator process: evaluate each (params, version, seed) it is sent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner decides when it stops
     while True:
@@ -81,7 +85,8 @@ def _serve(conn: Connection, spec: NetSpec, env_id: str, episodes: int) -> None:
             return
         params, version, seed = job
         try:
-            result = evaluate(greedy_policy(spec, params), env_id, episodes, seed, version=version)
+            result = evaluate(greedy_policy(spec, params), env.env_id, episodes, seed, version=version,
+                              pixels=env.pixels)
         except Exception as exc:
             result = RuntimeError(f"evaluation failed: {type(exc).__name__}: {exc}")
         try:
@@ -95,10 +100,10 @@ class BackgroundEvaluator:
     for it and it does not compete with the update loop for the GIL (it takes ~15% of a
     core when it shares the learner's). Weights travel over a local pipe to our own child."""
 
-    def __init__(self, spec: NetSpec, env_id: str, episodes: int, seed: int):
+    def __init__(self, *, spec: NetSpec, env: EnvSpec, episodes: int, seed: int):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, spec, env_id, episodes), daemon=True,
+        self._proc = ctx.Process(target=_serve, args=(child, spec, env, episodes), daemon=True,
                                  name="qfleet-evaluator")
         self._proc.start()
         child.close()
@@ -134,6 +139,10 @@ class BackgroundEvaluator:
         return result
 
     def close(self) -> None:
+        """Stop the child: at once if it is mid-evaluation (that result is no longer wanted;
+        a CNN evaluation can take seconds), else by asking it to return."""
+        if self.busy:
+            self._proc.kill()
         try:
             self._conn.send(None)
         except (BrokenPipeError, OSError):

@@ -1,16 +1,24 @@
 """The learner loop: prefetched batches -> Double DQN updates -> priorities, versioned
-weights, background greedy evaluation, reports, and periodic and final checkpoints."""
+weights, background greedy evaluation, reports, and periodic and final checkpoints.
+
+Updates go through the update role of `learner.update`: on the CPU each finishes inside
+`submit`; on CUDA up to `depth` are queued on the GPU, so the priorities of a batch are
+sent one update later and published weights are taken when their copy has arrived.
+"""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
 from common.config import LearnerConfig
+from common.envs import EnvSpec
 from common.errors import CheckpointError
 from common.netspec import NetSpec
 from common.telemetry import Telemetry
@@ -43,12 +51,13 @@ def _plain(value):
 
 
 class Learner:
-    def __init__(self, *, cfg: LearnerConfig, spec: NetSpec, env_id: str, solved_threshold: Optional[float],
+    def __init__(self, *, cfg: LearnerConfig, spec: NetSpec, env: EnvSpec, solved_threshold: Optional[float],
                  replay: ReplayClient, publisher: WeightPublisher, device: str, seed: int = 0,
                  telemetry: Optional[Telemetry] = None, checkpoint_path: Optional[Path] = None,
                  max_updates: int = 0, meta: Optional[dict] = None,
                  run_state: Callable[[], dict] = dict, on_checkpoint: Callable[[Path], None] = lambda path: None):
-        self.cfg, self.spec, self.env_id = cfg, spec, env_id
+        self.cfg, self.spec, self.env_id = cfg, spec, env.env_id
+        self.pixels = env.pixels  # how the policy sees the environment, kept in checkpoints
         self.solved_threshold = solved_threshold
         self.device = device
         self.update = make_update(cfg, spec, device, seed)
@@ -56,7 +65,7 @@ class Learner:
         self.publisher = publisher
         self.prefetcher = Prefetcher(replay, batch_size=cfg.batch_size, batches_per_request=cfg.batches_per_request,
                                      in_flight=cfg.prefetch, timeout_s=cfg.sample_timeout_s)
-        self.evaluator = BackgroundEvaluator(spec, env_id, cfg.eval_episodes, seed + 1)
+        self.evaluator = BackgroundEvaluator(spec=spec, env=env, episodes=cfg.eval_episodes, seed=seed + 1)
         self.telemetry = telemetry or Telemetry(None, "learner")
         self.checkpoint_path = checkpoint_path
         self.max_updates = max_updates
@@ -68,12 +77,15 @@ class Learner:
         self.best_params: Optional[dict] = None
         self.solved = False
         self._last_loss = float("nan")
+        self._keys_in_flight: deque = deque()  # sample keys of submitted, uncollected updates
+        self._publish_due = False
+        self._published: dict = {}
 
     # -- training ----------------------------------------------------------------------
     def run(self, should_stop: Callable[[], bool]) -> dict:
         """Train until `should_stop()` or the update budget; then checkpoint. Returns a summary."""
         cfg = self.cfg
-        self.publisher.publish(self.update.params(), self.version)
+        self._publish(self.update.params())
         self.prefetcher.start()
         started = time.monotonic()
         last_report = last_eval_submit = last_checkpoint = started
@@ -85,15 +97,21 @@ class Learner:
                 batch = self.prefetcher.get(should_stop)
                 if batch is None:
                     break
-                td, self._last_loss = self.update.step(batch)
-                self.prefetcher.send_priorities(batch["keys"], td + cfg.priority_eps)
+                self.update.submit(batch)
+                self._keys_in_flight.append(batch["keys"])
+                while self.update.in_flight >= self.update.depth:
+                    self._collect()
                 if self.update.updates % cfg.publish_every == 0:
-                    self.version += 1
-                    self.publisher.publish(self.update.params(), self.version)
+                    self._publish_due = True
+                if self._publish_due and self.update.snapshot_params():
+                    self._publish_due = False
+                params = self.update.take_params()
+                if params is not None:
+                    self._publish(params)
                 self.publisher.maybe_republish()
                 now = time.monotonic()
                 if now - last_eval_submit >= cfg.eval_every_s and not self.evaluator.busy:
-                    self.evaluator.submit(self.update.params(), self.version)
+                    self.evaluator.submit(self._published, self.version)
                     last_eval_submit = now
                 self._take_eval(self.evaluator.poll())
                 if now - last_report >= REPORT_EVERY_S:
@@ -102,11 +120,24 @@ class Learner:
                 if cfg.checkpoint_every_s and now - last_checkpoint >= cfg.checkpoint_every_s:
                     self.save_checkpoint()
                     last_checkpoint = now
+            while self.update.in_flight:
+                self._collect()
         finally:
             self.prefetcher.close()
             self.evaluator.close()
         self._report(time.monotonic() - started)
         return self.finish()
+
+    def _collect(self) -> None:
+        """Take the oldest update's |TD errors| and send them as its batch's priorities."""
+        td, self._last_loss = self.update.collect()
+        self.prefetcher.send_priorities(self._keys_in_flight.popleft(), td + self.cfg.priority_eps)
+
+    def _publish(self, params: dict) -> None:
+        if self._published:
+            self.version += 1
+        self._published = params
+        self.publisher.publish(params, self.version)
 
     def _beta(self) -> float:
         frac = min(1.0, self.update.updates / self.cfg.beta_anneal_updates)
@@ -160,6 +191,7 @@ class Learner:
             "mean": self.best.mean, "std": self.best.std, "min": self.best.min, "max": self.best.max,
             "episodes": len(self.best.returns), "version": self.best.version}
         meta = {**self.meta, **self.summary(), "net_spec": self.spec._asdict(), "env_id": self.env_id,
+                "pixels": None if self.pixels is None else dataclasses.asdict(self.pixels),
                 "policy_eval": best, "evaluations": self.evaluator.evaluations, "run_state": self.run_state(),
                 "saved_at": time.time()}
         path = save_checkpoint(self.checkpoint_path, arrays, meta)

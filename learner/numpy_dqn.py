@@ -16,6 +16,7 @@ import numpy as np
 
 from common.config import LearnerConfig
 from common.netspec import NetSpec, param_shapes
+from learner.update import SyncUpdate
 
 BETA1, BETA2 = 0.9, 0.999
 
@@ -44,7 +45,7 @@ class FlatParams:
         return {name: view.copy() for name, view in self.views.items()}
 
 
-class NumpyDQN:
+class NumpyDQN(SyncUpdate):
     """Online/target MLPs, Huber loss on Double-DQN targets, clipping, Adam."""
 
     def __init__(self, cfg: LearnerConfig, spec: NetSpec, seed: int = 0):

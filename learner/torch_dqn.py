@@ -1,11 +1,16 @@
-"""The Double DQN update in torch: the GPU learner, and the CPU learner for CNNs.
+"""The Double DQN update in torch: the CPU learner for CNNs, and the update body that the
+CUDA learner (`learner.device_dqn`) captures in a CUDA graph.
 
 Same interface and checkpoint keys as `learner.numpy_dqn.NumpyDQN`: `step` takes the
 sampled numpy arrays and returns (|TD error|, loss) as numpy, `state`/`load` use
 backend-neutral names (online/..., target/..., adam_m/..., adam_v/..., adam_step).
+`_update` is one whole update on device tensors with no host synchronisation (forward,
+Double DQN target, Huber loss, backward, clipping, Adam, Polyak), which is what makes it
+capturable; counting updates and the periodic hard target copy happen around it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import NamedTuple
 
@@ -16,13 +21,14 @@ import torch.nn.functional as F
 from common.config import LearnerConfig
 from common.netspec import NetSpec
 from common.networks import build_qnetwork, params_to_numpy
+from learner.update import SyncUpdate
 
 
 class Batch(NamedTuple):
     """One training batch as tensors on the learner's device."""
 
-    obs: torch.Tensor        # (B, *obs_shape)
-    action: torch.Tensor     # (B,) int64
+    obs: torch.Tensor        # (B, *obs_shape) float32, or uint8 frames
+    action: torch.Tensor     # (B,) integer
     reward: torch.Tensor     # (B,) n-step return
     next_obs: torch.Tensor   # (B, *obs_shape)
     discount: torch.Tensor   # (B,) gamma^n, or 0 at termination
@@ -34,50 +40,70 @@ def double_dqn_target(online: torch.nn.Module, target: torch.nn.Module, reward: 
     """reward + discount * Q_target(next_obs, argmax_a Q_online(next_obs, a))."""
     with torch.no_grad():
         best = online(next_obs).argmax(dim=1, keepdim=True)
-        next_q = target(next_obs).gather(1, best).squeeze(1)
+        next_q = target(next_obs).gather(1, best).squeeze(1).float()
         return reward + discount * next_q
 
 
 def to_batch(arrays: dict[str, np.ndarray], device: torch.device) -> Batch:
-    """Tensors from sampled numpy arrays (copied: received arrays are read-only views)."""
+    """Tensors from sampled numpy arrays (copied: received arrays are read-only views).
+    Observations keep uint8 (frames): the network scales them itself."""
     def t(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(np.array(x, copy=True)).to(device=device, dtype=dtype, non_blocking=True)
-    return Batch(t(arrays["obs"], torch.float32), t(arrays["action"], torch.int64),
-                 t(arrays["reward"], torch.float32), t(arrays["next_obs"], torch.float32),
+    obs_dtype = torch.uint8 if arrays["obs"].dtype == np.uint8 else torch.float32
+    return Batch(t(arrays["obs"], obs_dtype), t(arrays["action"], torch.int64),
+                 t(arrays["reward"], torch.float32), t(arrays["next_obs"], obs_dtype),
                  t(arrays["discount"], torch.float32), t(arrays["weight"], torch.float32))
 
 
-class TorchDQN:
+class TorchDQN(SyncUpdate):
     def __init__(self, cfg: LearnerConfig, spec: NetSpec, device: torch.device, seed: int = 0):
         torch.manual_seed(seed)
         self.cfg, self.spec, self.device = cfg, spec, device
         self.online = build_qnetwork(spec).to(device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self._online_params = list(self.online.parameters())
+        self._target_params = list(self.target.parameters())
+        self.optimizer = self._make_optimizer()
         self.updates = 0
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self._online_params, lr=self.cfg.lr, eps=self.cfg.adam_eps)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # fp32 on the CPU; the CUDA learner may use bf16
 
     def step(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
         td, loss = self.step_tensors(to_batch(arrays, self.device))
         return td.cpu().numpy(), loss
 
     def step_tensors(self, batch: Batch) -> tuple[torch.Tensor, float]:
-        q = self.online(batch.obs).gather(1, batch.action.unsqueeze(1)).squeeze(1)
-        target = double_dqn_target(self.online, self.target, batch.reward, batch.discount, batch.next_obs)
+        td, loss = self._update(batch)
+        self._count_update()
+        return td, float(loss)
+
+    def _update(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update without host synchronisation; returns (|TD error|, loss) as tensors."""
+        with self._autocast():
+            q_all = self.online(batch.obs)
+            target = double_dqn_target(self.online, self.target, batch.reward, batch.discount, batch.next_obs)
+        q = q_all.float().gather(1, batch.action.long().unsqueeze(1)).squeeze(1)
         loss = (batch.weight * F.huber_loss(q, target, reduction="none", delta=self.cfg.huber_delta)).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.online.parameters(), self.cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self._online_params, self.cfg.grad_clip)
         self.optimizer.step()
-        self.updates += 1
-        self._update_target()
-        return (target - q).detach().abs(), float(loss.detach())
-
-    def _update_target(self) -> None:
         if self.cfg.target_update == "polyak":
             with torch.no_grad():
-                torch._foreach_lerp_(list(self.target.parameters()), list(self.online.parameters()), self.cfg.tau)
-        elif self.updates % self.cfg.target_period == 0:
-            self.target.load_state_dict(self.online.state_dict())
+                torch._foreach_lerp_(self._target_params, self._online_params, self.cfg.tau)
+        return (target - q).detach().abs(), loss.detach()
+
+    def _count_update(self) -> None:
+        """After each update: count it, and make the periodic hard target copy (in place, so
+        a captured graph that reads the target parameters sees it)."""
+        self.updates += 1
+        if self.cfg.target_update == "hard" and self.updates % self.cfg.target_period == 0:
+            with torch.no_grad():
+                torch._foreach_copy_(self._target_params, self._online_params)
 
     def params(self) -> dict[str, np.ndarray]:
         return params_to_numpy(self.online)
@@ -104,6 +130,7 @@ class TorchDQN:
                                  for k in net.state_dict()})
         opt = self.optimizer.state_dict()
         step = int(state["adam_step"])
+        opt["state"] = {}  # a fresh optimizer when the checkpoint has taken no Adam step yet
         if step:
             for index, (name, param) in enumerate(self.online.named_parameters()):
                 opt["state"][index] = {"step": torch.tensor(float(step)),

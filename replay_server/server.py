@@ -243,6 +243,7 @@ class ReplayServer:
             "samples_per_insert": lim.samples / lim.inserts if lim.inserts else 0.0,
             "waiting_samples": len(self._waiting), "insert_held": self._held_insert is not None,
             "rejected": sum(self.rejected.values()), "table_bytes": t.nbytes,
+            "obs_dtype": t.storage.obs_dtype.name, "bytes_per_transition": t.storage.dtype.itemsize,
             "uptime_s": time.monotonic() - self._started,
         }
         values.update(self.counts)

@@ -18,6 +18,13 @@ import numpy as np
 FIELDS = ("obs", "action", "reward", "next_obs", "discount")
 
 
+def transition_dtype(obs_shape: Sequence[int], obs_dtype) -> np.dtype:
+    """One stored transition; its itemsize is the storage per transition (uint8 frames: 1 byte a pixel)."""
+    obs = (np.dtype(obs_dtype), tuple(obs_shape))
+    return np.dtype([("obs", *obs), ("action", np.int32), ("reward", np.float32), ("next_obs", *obs),
+                     ("discount", np.float32)])
+
+
 class RingBuffer:
     """Fixed-capacity arrays for obs, action, n-step reward, next obs and discount."""
 
@@ -27,9 +34,7 @@ class RingBuffer:
         self.capacity = capacity
         self.obs_shape = tuple(obs_shape)
         self.obs_dtype = np.dtype(obs_dtype)
-        self.dtype = np.dtype([("obs", self.obs_dtype, self.obs_shape), ("action", np.int32),
-                               ("reward", np.float32), ("next_obs", self.obs_dtype, self.obs_shape),
-                               ("discount", np.float32)])
+        self.dtype = transition_dtype(self.obs_shape, self.obs_dtype)
         self.records = np.zeros(capacity, self.dtype)
         self.arrays = {name: self.records[name] for name in FIELDS}  # writable views per field
         # Fancy-indexing a structured array copies field by field; indexing rows of raw

@@ -13,7 +13,8 @@ import psutil
 
 def machine() -> dict:
     return {"cpus": psutil.cpu_count(logical=True), "platform": platform.platform(),
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "load_average_1_5_15": [round(x, 2) for x in psutil.getloadavg()]}  # other jobs on the machine
 
 
 def median(values: Iterable[float]) -> float:
