@@ -42,3 +42,8 @@ class EnvironmentSpecError(QfleetError):
 
 class CheckpointError(QfleetError):
     """A checkpoint or snapshot is missing, corrupt, or incompatible with the config."""
+
+
+class ClusterTestError(QfleetError):
+    """The on-premises cluster test (`python -m deploy.netns_cluster`) found its hosts, the
+    Ray cluster or a training run not as expected; the message names what and where."""
