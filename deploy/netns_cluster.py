@@ -69,7 +69,8 @@ def check_machine(subnet: str) -> None:
                                "remove it with `python -m deploy.netns_cluster down`")
 
 
-def bring_up(hosts: Hosts, cli: RayCli, timings: Timings) -> None:
+def bring_up(hosts: Hosts, cli: RayCli, timings: Timings) -> dict:
+    """Hosts, `ray up`, every node active; returns the idle cluster's memory per host (MB)."""
     with timings.step("hosts up"):
         hosts.create()
     started = time.monotonic()
@@ -79,6 +80,9 @@ def bring_up(hosts: Hosts, cli: RayCli, timings: Timings) -> None:
     with timings.step("all nodes active"):
         cli.wait_for_nodes()
     timings.record("all nodes active since ray up started", time.monotonic() - started)
+    memory = {h.name: h.memory_mb() for h in hosts.all}
+    say(f"memory of the idle cluster: {sum(memory.values()):.0f} MB ({memory})")
+    return memory
 
 
 def tear_down(hosts: Hosts, cli: RayCli, timings: Timings, keep: Path | None) -> None:
@@ -121,7 +125,7 @@ def test(args: argparse.Namespace) -> int:
               "ok": False, "error": None, "steps": timings.steps}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # run the finally below
     try:
-        bring_up(hosts, cli, timings)
+        report["idle_memory_mb"] = bring_up(hosts, cli, timings)
         runs = hosts.workdir / "runs"
         runs.mkdir()
         with timings.step("job solved"):
@@ -131,11 +135,12 @@ def test(args: argparse.Namespace) -> int:
         with timings.step("job with a worker killed"):
             report["kill"] = survive_worker_loss(cli, hosts, runs)
         timings.record("worker kill to completion", report["kill"]["completed_after_kill_s"])
+        timings.record("lost actors back", max(report["kill"]["recovered_after_s"].values()))
         say(f"{report['kill']['killed']} powered off; lost actors {report['kill']['lost_actors']} came back "
             f"after {report['kill']['recovered_after_s']} s")
         report["ok"] = True
-    except (ClusterTestError, KeyboardInterrupt, SystemExit) as exc:
-        report["error"] = str(exc) or type(exc).__name__
+    except (Exception, KeyboardInterrupt, SystemExit) as exc:   # noqa: BLE001 - reported, then torn down
+        report["error"] = str(exc) if isinstance(exc, ClusterTestError) else f"{type(exc).__name__}: {exc}"
         say(f"FAILED: {report['error']}")
     finally:
         tear_down(hosts, cli, timings, report_path.parent / report_path.stem)

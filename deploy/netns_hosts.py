@@ -89,6 +89,18 @@ class Host:
             return None
         return int(children[0]) if children else None
 
+    def memory_mb(self) -> float:
+        """Proportional set size of every process on the host (shared pages split between
+        the processes sharing them), in MB."""
+        total_kb = 0
+        for pid in run("ip", "netns", "pids", self.name, check=False).stdout.split():
+            try:
+                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            except OSError:   # exited meanwhile
+                continue
+            total_kb += sum(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+        return round(total_kb / 1024, 1)
+
     def power_off(self) -> None:
         """Kill the host's whole process tree at once: SIGKILL to its PID namespace's init."""
         pid = self.init_pid()
