@@ -140,7 +140,7 @@ def test(args: argparse.Namespace) -> int:
             f"after {report['kill']['recovered_after_s']} s")
         report["ok"] = True
     except (Exception, KeyboardInterrupt, SystemExit) as exc:   # noqa: BLE001 - reported, then torn down
-        report["error"] = str(exc) if isinstance(exc, ClusterTestError) else f"{type(exc).__name__}: {exc}"
+        report["error"] = describe(exc)
         say(f"FAILED: {report['error']}")
     finally:
         tear_down(hosts, cli, timings, report_path.parent / report_path.stem)
@@ -149,6 +149,14 @@ def test(args: argparse.Namespace) -> int:
         say("timings: " + ", ".join(f"{s['step']} {s['seconds']:.1f} s" for s in timings.steps))
         say(f"report: {report_path}")
     return 0 if report["ok"] else 1
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, ClusterTestError):
+        return str(exc)
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return "interrupted"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def up(args: argparse.Namespace) -> int:

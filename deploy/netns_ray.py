@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ from deploy.netns_hosts import PREFIX, Hosts
 CLUSTER_NAME = f"{PREFIX}-onprem"
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD_PORT = 8265
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def node_env(workdir: Path, home: Path) -> Path:
@@ -136,20 +138,20 @@ class RayCli:
             if all(ip in alive for ip in expected):
                 return alive
             if time.monotonic() > deadline:
-                missing = [f"{h.name} ({h.ip})" for h in self.hosts.all if h.ip not in alive]
+                missing = [h for h in self.hosts.all if h.ip not in alive]
                 raise ClusterTestError(
-                    f"within {timeout:.0f} s of `ray up`, these nodes did not join the cluster: {', '.join(missing)}. "
-                    f"The head's autoscaler log says:\n{self.autoscaler_log()}")
+                    f"within {timeout:.0f} s of `ray up`, these nodes did not join the cluster: "
+                    f"{', '.join(f'{h.name} ({h.ip})' for h in missing)}. The head's autoscaler log says:\n"
+                    f"{self.autoscaler_log()}")
             time.sleep(2)
 
-    def autoscaler_log(self, chars: int = 3000) -> str:
-        logs = self.hosts.head.session_logs()
-        text = ""
-        for name in ("monitor.out", "monitor.err", "monitor.log"):
-            path = logs / name
-            if path.exists():
-                text += f"--- {name}\n" + path.read_text(errors="replace")[-chars:]
-        return text or f"(no autoscaler log under {logs})"
+    def autoscaler_log(self, lines: int = 12) -> str:
+        """The last lines of the head's autoscaler log, without colour codes."""
+        path = self.hosts.head.session_logs() / "monitor.out"
+        if not path.exists():
+            return f"(no autoscaler log at {path})"
+        text = ANSI.sub("", path.read_text(errors="replace")).splitlines()
+        return "\n".join(line[:300] for line in text[-lines:])
 
 
 def remove_ssh_control_dir() -> None:
