@@ -113,14 +113,14 @@ class Host:
 class Hosts:
     """The head and workers of one cluster test: `create()`, then `destroy()` (always)."""
 
-    def __init__(self, *, workdir: Path = WORKDIR, subnet: str = "10.213.0", workers: int = 2):
-        self.workdir = workdir
+    def __init__(self, *, subnet: str = "10.213.0", workers: int = 2):
+        self.workdir = WORKDIR                  # fixed, so that `remove_leftovers` finds it
         self.subnet = subnet
         names = ["head"] + [f"w{i + 1}" for i in range(workers)]
-        self.all = [Host(f"{PREFIX}-{n}", f"{subnet}.{10 + i}", workdir / "hosts" / n) for i, n in enumerate(names)]
+        self.all = [Host(f"{PREFIX}-{n}", f"{subnet}.{10 + i}", WORKDIR / "hosts" / n) for i, n in enumerate(names)]
         self.head, self.workers = self.all[0], self.all[1:]
-        self.home = workdir / "home"            # root's home on every host (each mounts its own here)
-        self.client_key = workdir / "ssh" / "cluster_key"
+        self.home = WORKDIR / "home"            # root's home on every host (each mounts its own here)
+        self.client_key = WORKDIR / "ssh" / "cluster_key"
 
     @property
     def bridge_ip(self) -> str:

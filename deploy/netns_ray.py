@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -154,16 +155,39 @@ class RayCli:
         return "\n".join(line[:300] for line in text[-lines:])
 
 
-def remove_ssh_control_dir() -> None:
-    """The directory of the SSH master connections Ray made for this cluster (its path is
-    fixed by Ray: /tmp/ray_ssh_<hash of the user>/<hash of the cluster name>)."""
+def ssh_control_dir() -> Path:
+    """Where Ray keeps the SSH master connections for this cluster, here and on the head
+    (fixed by Ray: /tmp/ray_ssh_<hash of the user>/<hash of the cluster name>)."""
     import getpass
 
     user = hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]
-    cluster = hashlib.sha256(CLUSTER_NAME.encode()).hexdigest()[:10]
-    parent = Path(f"/tmp/ray_ssh_{user}")
-    shutil.rmtree(parent / cluster, ignore_errors=True)
+    return Path(f"/tmp/ray_ssh_{user}") / hashlib.sha256(CLUSTER_NAME.encode()).hexdigest()[:10]
+
+
+def remove_ssh_control_dir() -> None:
+    """End the SSH master connections `ray up` / `ray down` left behind on this machine
+    (they linger for ControlPersist) and remove their directory."""
+    control = ssh_control_dir()
+    for pid in processes_mentioning(str(control)):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(control, ignore_errors=True)
     try:
-        parent.rmdir()   # only when nothing else (another cluster's connections) is in it
+        control.parent.rmdir()   # only when nothing else (another cluster's connections) is in it
     except OSError:
         pass
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of the processes whose command line contains `text` (this one excluded)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args and int(cmdline.parent.name) != os.getpid():
+            found.append(int(cmdline.parent.name))
+    return found

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.netns_hosts import leftovers, missing_requirements
+from deploy.netns_hosts import WORKDIR, leftovers, missing_requirements
+from deploy.netns_ray import processes_mentioning, ssh_control_dir
 from tests.conftest import python_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -67,28 +68,7 @@ def test_ray_up_on_namespace_hosts(tmp_path):
     assert "Job 'raysubmit_" in (kept / "solve.log").read_text()
 
     assert leftovers() == [], "everything the harness made is gone"
-    assert not [line for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()
-                if "qfnc-" in line]
-    assert not any(Path("/tmp").glob("ray_ssh_*/" + _control_dir())), "Ray's SSH control sockets are gone"
+    assert not ssh_control_dir().exists(), "Ray's SSH control sockets are gone"
     assert not os.path.ismount("/tmp/ray"), "the hosts' mounts never reach this machine's namespace"
-    assert not _processes_mentioning("/tmp/qfnc"), "no sshd, Ray or qfleet process of the hosts is left"
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in args:
-            found.append(f"{cmdline.parent.name}: {args[:200]}")
-    return found
-
-
-def _control_dir() -> str:
-    import hashlib
-
-    from deploy.netns_ray import CLUSTER_NAME
-
-    return hashlib.sha256(CLUSTER_NAME.encode()).hexdigest()[:10]
+    assert not processes_mentioning(str(WORKDIR)), "no sshd, Ray or qfleet process of the hosts is left"
+    assert not processes_mentioning(str(ssh_control_dir())), "no SSH master connection of `ray up` is left"
