@@ -6,6 +6,7 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
+import zmq
 
 from actors.exploration import EpsilonSchedule
 from actors.nstep import NStepAdder
@@ -46,6 +47,7 @@ class Actor:
         self._lengths: list[int] = []
         self._lags_ms: list[float] = []
         self._versions_applied = 0
+        self._poller: Optional[zmq.Poller] = None
         # The count of transitions handed to ZeroMQ, in a file the launcher can read even
         # after a SIGKILL: what a killed actor lost is exactly this minus what was stored.
         self._sent_file = None if sent_file is None else np.memmap(sent_file, np.int64, "w+", shape=(1,))
@@ -121,11 +123,14 @@ class Actor:
             chunk = {k: v[start:start + self.max_insert_batch] for k, v in batch.items()}
             msg = m.InsertBatch(self.index, self.seq, self.version, **chunk)
             while True:
-                waited = time.monotonic()
                 try:
-                    self.replay.insert(msg, timeout=self.cfg.send_timeout_s)
+                    self.replay.insert(msg, timeout=0)
                     break
                 except QfleetTimeout:
+                    # Backpressure: wait until the replay server takes more, or new weights
+                    # arrive (applied at once, so a blocked actor does not lag behind).
+                    waited = time.monotonic()
+                    self._blocked_poller().poll(int(self.cfg.send_timeout_s * 1000))
                     self.blocked_s += time.monotonic() - waited
                     self._apply_weights()
                     if should_stop():
@@ -134,6 +139,13 @@ class Actor:
             self.sent += len(chunk["action"])
             if self._sent_file is not None:
                 self._sent_file[0] = self.sent
+
+    def _blocked_poller(self) -> zmq.Poller:
+        if self._poller is None:
+            self._poller = zmq.Poller()
+            self._poller.register(self.replay.insert_socket, zmq.POLLOUT)
+            self._poller.register(self.weights.socket, zmq.POLLIN)
+        return self._poller
 
     def _report(self, elapsed: float) -> None:
         values = {"env_steps": self.env_steps, "transitions_sent": self.sent, "insert_messages": self.seq,

@@ -27,6 +27,9 @@ class NStepAdder:
         self._head = np.zeros(num_envs, np.int64)   # oldest pending step, per env
         self._count = np.zeros(num_envs, np.int64)  # pending steps, per env
         self._powers = gamma ** np.arange(n + 1)
+        # _tail_discounts[j, p] = gamma^(j - p) for j >= p: rewards @ it gives every suffix return
+        j, p = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        self._tail_discounts = np.where(j >= p, gamma ** np.clip(j - p, 0, None), 0.0)
 
     def add(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
             terminated: np.ndarray, truncated: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
@@ -43,8 +46,8 @@ class NStepAdder:
         parts = []
         if full.any():
             parts.append(self._emit_oldest(np.flatnonzero(full), next_obs))
-        for env in np.flatnonzero(ended):
-            parts.append(self._emit_all(env, next_obs[env], bool(terminated[env])))
+        if ended.any():
+            parts.append(self._emit_ended(np.flatnonzero(ended), next_obs, terminated))
         return _concat(parts, self._obs.shape[2:], self._obs.dtype)
 
     def _emit_oldest(self, envs: np.ndarray, next_obs: np.ndarray) -> dict[str, np.ndarray]:
@@ -58,23 +61,24 @@ class NStepAdder:
         self._count[envs] -= 1
         return out
 
-    def _emit_all(self, env: int, last_obs: np.ndarray, terminated: bool) -> dict[str, np.ndarray]:
-        count = int(self._count[env])
-        order = (self._head[env] + np.arange(count)) % self.n
-        rewards = self._reward[env, order]
-        # returns[p] = sum_k gamma^k rewards[p + k], computed from the end backwards
-        returns = np.zeros(count)
-        running = 0.0
-        for p in range(count - 1, -1, -1):
-            running = rewards[p] + self.gamma * running
-            returns[p] = running
-        remaining = count - np.arange(count)
-        discount = np.zeros(count) if terminated else self._powers[remaining]
-        out = {"obs": self._obs[env, order], "action": self._action[env, order],
-               "reward": returns.astype(np.float32), "next_obs": np.repeat(last_obs[None], count, axis=0),
-               "discount": discount.astype(np.float32)}
-        self._head[env] = 0
-        self._count[env] = 0
+    def _emit_ended(self, envs: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray) -> dict[str, np.ndarray]:
+        """Every pending step of every ended env at once (one row per env of the n-step
+        window, oldest first; rows past an env's pending count are dropped)."""
+        n = self.n
+        count = self._count[envs]
+        slots = (self._head[envs][:, None] + np.arange(n)) % n          # (k, n), oldest first
+        keep = np.arange(n)[None, :] < count[:, None]                   # (k, n)
+        rewards = np.where(keep, np.take_along_axis(self._reward[envs], slots, axis=1), 0.0)
+        returns = rewards @ self._tail_discounts                        # returns[e, p] = sum_j>=p g^(j-p) r_j
+        remaining = count[:, None] - np.arange(n)[None, :]
+        discount = np.where(terminated[envs][:, None], 0.0, self._powers[np.clip(remaining, 0, n)])
+        rows, cols = np.nonzero(keep)
+        env_rows, slot_rows = envs[rows], slots[rows, cols]
+        out = {"obs": self._obs[env_rows, slot_rows], "action": self._action[env_rows, slot_rows],
+               "reward": returns[rows, cols].astype(np.float32), "next_obs": next_obs[env_rows],
+               "discount": discount[rows, cols].astype(np.float32)}
+        self._head[envs] = 0
+        self._count[envs] = 0
         return out
 
     def pending(self) -> int:

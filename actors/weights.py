@@ -35,6 +35,11 @@ class WeightSubscriber:
         if endpoint:
             self.connect(endpoint)
 
+    @property
+    def socket(self) -> zmq.Socket:
+        """The subscription socket, for a caller that waits on it together with others (poll only)."""
+        return self._sock
+
     def connect(self, endpoint: str) -> None:
         self._sock.connect(endpoint)
 

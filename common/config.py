@@ -206,3 +206,59 @@ class QfleetConfig:
 
 SECTIONS = {"actor": ActorConfig, "replay": ReplayConfig, "learner": LearnerConfig, "run": RunConfig,
             "ray": RayConfig}
+
+
+# -- baselines (`qfleet baseline ...`): single-process learners that write the same metrics --
+
+@dataclass(frozen=True)
+class BaselineRunConfig:
+    env: str = setting("CartPole-v1")
+    """Gymnasium environment id, or 'package.module:Class' for your own environment."""
+    seed: int = setting(0, ge=0)
+    """Seed for environments, sampling and initialisation."""
+    max_seconds: float = setting(120.0, gt=0)
+    """Wall-clock budget of the run."""
+    max_episodes: int = setting(5_000, ge=0)
+    """Training-episode budget; 0 means no limit."""
+    eval_every_episodes: int = setting(100, ge=1)
+    """Training episodes between greedy evaluations of the current (or best) policy."""
+    eval_episodes: int = setting(100, ge=1, le=10_000)
+    """Episodes per greedy evaluation (run as one vectorized batch)."""
+    solved_threshold: float | None = setting(None)
+    """Evaluation mean that counts as solved; None uses the environment's reward threshold."""
+    stop_when_solved: bool = setting(True)
+    """Stop as soon as a greedy evaluation reaches the solved threshold."""
+    run_dir: str = setting("runs")
+    """Folder under which each run gets its own directory."""
+    name: str = setting("")
+    """Run name; empty picks '<method>-<env>-<timestamp>'."""
+    status_every_s: float = setting(1.0, gt=0)
+    """Seconds between live status lines (and metric records)."""
+
+
+@dataclass(frozen=True)
+class RandomSearchConfig:
+    episodes_per_candidate: int = setting(5, ge=1, le=10_000)
+    """Episodes each random linear policy plays; the best mean return is kept (1 lets a lucky
+    episode win for good)."""
+    weight_scale: float = setting(1.0, gt=0)
+    """Standard deviation of the sampled weights and biases."""
+
+
+@dataclass(frozen=True)
+class ReinforceConfig:
+    hidden: tuple[int, ...] = setting((32,), min_len=1, ge=1)
+    """Hidden layer sizes of the policy network (tanh units, softmax over actions)."""
+    lr: float = setting(0.01, gt=0, le=1)
+    """Adam learning rate."""
+    gamma: float = setting(0.99, gt=0, le=1)
+    """Discount of the returns that weight each action's log-probability."""
+    episodes_per_update: int = setting(8, ge=1, le=4096)
+    """Episodes played (as one vectorized batch) per gradient step."""
+    normalize_returns: bool = setting(True)
+    """Subtract the batch mean from the discounted returns and divide by their std (a baseline
+    that cuts the gradient's variance)."""
+
+
+BASELINE_SECTIONS = {"baseline": BaselineRunConfig, "random_search": RandomSearchConfig,
+                     "reinforce": ReinforceConfig}

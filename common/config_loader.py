@@ -24,23 +24,34 @@ from common.settings import check_field
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> QfleetConfig:
     """The default config, updated from `path` (if given) and then from `overrides`."""
-    raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    return QfleetConfig(**load_sections(SECTIONS, path, overrides))
+
+
+def load_sections(sections: dict[str, type], path: str | Path | None = None,
+                  overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """{section: config dataclass} for another entry point's sections (e.g. the baselines'),
+    loaded like `load_config`."""
+    raw: dict[str, dict[str, Any]] = {name: {} for name in sections}
     if path is not None:
-        for section, values in _read_file(Path(path)).items():
+        for section, values in _read_file(Path(path), sections).items():
             raw[section].update(values)
     for item in overrides:
-        section, field, value = _parse_override(item)
+        section, field, value = _parse_override(item, sections)
         raw[section][field] = value
-    return build_config(raw)
+    return build_sections(raw, sections)
 
 
 def build_config(raw: dict[str, dict[str, Any]]) -> QfleetConfig:
     """A validated QfleetConfig from {section: {field: value}} (missing fields keep defaults)."""
-    unknown = set(raw) - set(SECTIONS)
+    return QfleetConfig(**build_sections(raw, SECTIONS))
+
+
+def build_sections(raw: dict[str, dict[str, Any]], sections: dict[str, type]) -> dict[str, Any]:
+    unknown = set(raw) - set(sections)
     if unknown:
-        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; the sections are {list(SECTIONS)}")
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; the sections are {list(sections)}")
     parts = {}
-    for section, cls in SECTIONS.items():
+    for section, cls in sections.items():
         values = raw.get(section) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"config section '{section}' must be a mapping of field: value, got {values!r}")
@@ -53,24 +64,26 @@ def build_config(raw: dict[str, dict[str, Any]]) -> QfleetConfig:
             kwargs[name] = _coerce(f"{section}.{name}", value, hints[name])
             check_field(section, fields[name], kwargs[name])
         parts[section] = cls(**kwargs)
-    return QfleetConfig(**parts)
+    return parts
 
 
-def config_to_dict(cfg: QfleetConfig) -> dict[str, dict[str, Any]]:
-    """Plain {section: {field: value}} with tuples as lists, ready for YAML or JSON."""
+def config_to_dict(cfg: QfleetConfig | dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Plain {section: {field: value}} with tuples as lists, ready for YAML or JSON
+    (from a QfleetConfig or a {section: config dataclass} dict)."""
+    parts = cfg if isinstance(cfg, dict) else {section: getattr(cfg, section) for section in SECTIONS}
     out = {}
-    for section in SECTIONS:
-        values = dataclasses.asdict(getattr(cfg, section))
+    for section, part in parts.items():
+        values = dataclasses.asdict(part)
         out[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
     return out
 
 
-def save_config(cfg: QfleetConfig, path: str | Path) -> None:
+def save_config(cfg: QfleetConfig | dict[str, Any], path: str | Path) -> None:
     """Write the resolved config as YAML (loadable again with `--config`)."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
-def _read_file(path: Path) -> dict[str, dict[str, Any]]:
+def _read_file(path: Path, sections: dict[str, type]) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (pass an existing .yaml, .yml or .toml file)")
     text = path.read_text()
@@ -85,19 +98,20 @@ def _read_file(path: Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
-    unknown = set(data) - set(SECTIONS)
+    unknown = set(data) - set(sections)
     if unknown:
-        raise ConfigError(f"config file {path}: unknown section(s) {sorted(unknown)}; the sections are {list(SECTIONS)}")
+        raise ConfigError(f"config file {path}: unknown section(s) {sorted(unknown)}; "
+                          f"the sections are {list(sections)}")
     return data
 
 
-def _parse_override(item: str) -> tuple[str, str, Any]:
+def _parse_override(item: str, sections: dict[str, type]) -> tuple[str, str, Any]:
     key, sep, text = item.partition("=")
     section, dot, field = key.strip().partition(".")
     if not sep or not dot or not field:
         raise ConfigError(f"--set {item!r}: expected section.field=value, e.g. --set learner.lr=3e-4")
-    if section not in SECTIONS:
-        raise ConfigError(f"--set {item!r}: unknown section '{section}'{_suggest(section, SECTIONS)}")
+    if section not in sections:
+        raise ConfigError(f"--set {item!r}: unknown section '{section}'{_suggest(section, sections)}")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:

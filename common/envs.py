@@ -1,9 +1,12 @@
 """Environment factory: resolve an id, describe its spaces, build vectorized batches.
 
 `--env` takes a registered gymnasium id (`CartPole-v1`) or the import path of your own
-environment class (`my_pkg.my_env:MyEnv`), which is registered under `qfleet/<Class>`.
-qfleet needs a discrete action space and a Box observation space; anything else is refused
-with a message that says so before any process starts.
+environment class (`my_pkg.my_env:MyEnv`). Such a class is registered with gymnasium in
+every process that makes it (spawned children included), under `qfleet/<Class>-v0`, with the
+class attributes `reward_threshold` and `max_episode_steps` when it defines them (the
+threshold decides "solved"; the step limit adds gymnasium's TimeLimit).
+qfleet needs a discrete action space and a Box observation space (any shape; networks
+flatten it); anything else is refused with a message that says so before any process starts.
 """
 from __future__ import annotations
 
@@ -17,12 +20,13 @@ from common.errors import EnvironmentSpecError
 
 
 class EnvSpec(NamedTuple):
-    env_id: str               # the id gymnasium knows (after registering a user class)
+    env_id: str               # what --env said: a gymnasium id or module:Class (see make_vec_env)
     obs_shape: tuple
     obs_dtype: np.dtype
     num_actions: int
     reward_threshold: Optional[float]
     max_episode_steps: Optional[int]
+    render_fps: Optional[float] = None  # frames per second of real-time rendering, when declared
 
 
 def resolve_env_id(env: str) -> str:
@@ -41,25 +45,33 @@ def resolve_env_id(env: str) -> str:
         raise EnvironmentSpecError(f"cannot import '{module_name}' for environment '{env}': {exc}") from None
     target = getattr(module, attr, None)
     if target is None:
+        if attr in gym.registry:  # gymnasium's 'module:Env-v0' form: importing the module registered it
+            return attr
         raise EnvironmentSpecError(f"module '{module_name}' has no attribute '{attr}' (from --env {env})")
     env_id = f"qfleet/{attr}-v0"
     if env_id not in gym.registry:
-        gym.register(id=env_id, entry_point=target)
+        gym.register(id=env_id, entry_point=target, reward_threshold=getattr(target, "reward_threshold", None),
+                     max_episode_steps=getattr(target, "max_episode_steps", None))
     return env_id
 
 
 def describe_env(env: str) -> EnvSpec:
     """Spaces and thresholds of `env`; EnvironmentSpecError if qfleet cannot train on it."""
-    env_id = resolve_env_id(env)
     try:
-        probe = gym.make(env_id)
+        probe = gym.make(resolve_env_id(env))
+    except EnvironmentSpecError:
+        raise
     except Exception as exc:
-        raise EnvironmentSpecError(f"cannot create environment '{env}': {type(exc).__name__}: {exc}") from None
+        hint = " (pip install 'qfleet[box2d]')" if "box2d" in str(exc).lower() else ""
+        raise EnvironmentSpecError(f"cannot create environment '{env}': {type(exc).__name__}: {exc}{hint}") from None
     try:
         obs_space, act_space = probe.observation_space, probe.action_space
         if not isinstance(act_space, gym.spaces.Discrete):
             raise EnvironmentSpecError(
                 f"'{env}' has a {type(act_space).__name__} action space; qfleet's DQN needs a Discrete one")
+        if int(act_space.start) != 0:
+            raise EnvironmentSpecError(f"'{env}' has actions numbered from {int(act_space.start)}; qfleet needs them "
+                                       "to start at 0 (wrap the environment to renumber them)")
         if not isinstance(obs_space, gym.spaces.Box):
             raise EnvironmentSpecError(
                 f"'{env}' has a {type(obs_space).__name__} observation space; qfleet needs a Box")
@@ -67,16 +79,19 @@ def describe_env(env: str) -> EnvSpec:
         threshold = spec.reward_threshold if spec is not None else None
         max_steps = spec.max_episode_steps if spec is not None else None
         dtype = np.dtype(np.float32) if obs_space.dtype.kind == "f" else np.dtype(obs_space.dtype)
-        return EnvSpec(env_id, tuple(obs_space.shape), dtype, int(act_space.n),
-                       None if threshold is None else float(threshold), max_steps)
+        fps = probe.metadata.get("render_fps")
+        return EnvSpec(env, tuple(obs_space.shape), dtype, int(act_space.n),
+                       None if threshold is None else float(threshold), max_steps, None if fps is None else float(fps))
     finally:
         probe.close()
 
 
-def make_vec_env(env_id: str, num_envs: int, **kwargs) -> gym.vector.VectorEnv:
-    """`num_envs` copies as one batch: the environment's native vector implementation when it
-    has one (CartPole does), else gymnasium's synchronous wrapper. Autoreset is NEXT_STEP:
-    the step after an episode ends is a reset step whose output is not a transition."""
+def make_vec_env(env: str, num_envs: int, **kwargs) -> gym.vector.VectorEnv:
+    """`num_envs` copies of `env` (an id or module:Class) as one batch: the environment's
+    native vector implementation when it has one (CartPole does), else gymnasium's
+    synchronous wrapper. Autoreset is NEXT_STEP: the step after an episode ends is a reset
+    step whose output is not a transition."""
+    env_id = resolve_env_id(env)
     spec = gym.spec(env_id)
     mode = "vector_entry_point" if spec.vector_entry_point is not None and not kwargs.get("render_mode") else "sync"
     env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)

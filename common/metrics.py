@@ -1,14 +1,68 @@
-"""Run metrics on disk: JSON lines (one object per line, namespaced metric names).
+"""Run metrics on disk: JSON lines, TensorBoard events and episodes.csv, with one set of names.
 
-Names are namespaced by where they come from: `train/...` (episodes seen by actors),
-`eval/...` (greedy evaluation), `learner/...`, `replay/...`, `actors/...`.
+`MetricsWriter` is the only place that writes a run's metrics. Every record goes to
+`metrics.jsonl` (one JSON object per line) and, with the same names as tags, to TensorBoard
+event files in the run directory (`tensorboard --logdir runs` shows every run). The step
+axis is env steps (all actors together) and the wall time is the record's time, so the
+JSON lines and TensorBoard agree. Names are namespaced by where they come from; `METRICS`
+lists every name with its meaning (the README's table is checked against it).
 """
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, NamedTuple, Optional
+
+EPISODES_HEADER = "elapsed_s,env_steps,actor,return,length"
+LAGS_HEADER = "elapsed_s,actor,unit,lag"
+
+# name -> meaning. `step` and `time/elapsed_s` are the axes of every record.
+METRICS = {
+    "step": "env steps (all actors) when the record was written: the TensorBoard step axis",
+    "time/elapsed_s": "seconds since the run started",
+    "train/episode_return": "return of one finished training episode (one record per episode)",
+    "train/episode_length": "length of that episode in env steps",
+    "train/episodes": "training episodes finished so far",
+    "train/return_mean100": "mean return of the last 100 training episodes",
+    "eval/return_mean": "greedy evaluation (epsilon 0): mean return over its episodes",
+    "eval/return_std": "greedy evaluation: standard deviation of the returns",
+    "eval/return_min": "greedy evaluation: worst episode",
+    "eval/return_max": "greedy evaluation: best episode",
+    "eval/episodes": "episodes in that evaluation",
+    "eval/version": "weights version (DQN) or update count (baselines) that was evaluated",
+    "eval/updates": "learner updates when the evaluated weights were taken",
+    "eval/solved": "1 once an evaluation reached the solved threshold, else 0",
+    "actors/env_steps": "env steps taken by all actors",
+    "actors/env_steps_per_s": "env steps per second since the previous record",
+    "actors/transitions_sent": "n-step transitions the actors handed to the replay server",
+    "actors/policy_lag_versions": "mean over actors of how many weights versions they are behind",
+    "actors/policy_lag_ms_p50": "median ms from a weights publication to its first use by an actor",
+    "learner/updates": "gradient updates so far",
+    "learner/updates_per_s": "updates per second since the previous record",
+    "learner/loss": "loss of the latest update (DQN: Huber TD loss; REINFORCE: policy-gradient loss)",
+    "learner/version": "latest published weights version",
+    "learner/data_wait_fraction": "fraction of the learner's time spent waiting for sampled batches",
+    "learner/data_wait_s": "seconds the learner has spent waiting for sampled batches",
+    "learner/sample_latency_p50_ms": "median ms from a sample request to its reply (last 2048 requests)",
+    "learner/sample_latency_p99_ms": "99th percentile of the same",
+    "replay/size": "transitions held by the replay server",
+    "replay/stored": "transitions ever inserted",
+    "replay/sampled": "transitions ever sampled",
+    "replay/samples_per_insert": "achieved ratio of sampled to inserted transitions",
+    "replay/rejected": "insert messages the replay server rejected",
+    "search/candidates": "random search: linear policies tried so far",
+    "search/best_return": "random search: mean return of the best policy's own episodes",
+}
+
+
+class Episode(NamedTuple):
+    elapsed_s: float
+    env_steps: int   # env steps (all actors) when the episode was reported
+    actor: int
+    ret: float
+    length: int
 
 
 def _clean(value: Any) -> Any:
@@ -31,3 +85,76 @@ class JsonlWriter:
 
 def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class TensorBoardEvents:
+    """Scalars as TensorBoard event files, via the `tensorboard` package's own writer
+    (imported here, lazily: ~0.2 s, and no torch or TensorFlow)."""
+
+    def __init__(self, logdir: str | Path, flush_secs: float = 2.0):
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        self._writer = EventFileWriter(str(logdir), flush_secs=flush_secs)
+
+    def scalars(self, values: dict, step: int, wall_time: float) -> None:
+        tags = [self._summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()
+                if isinstance(v, (int, float)) and math.isfinite(v)]
+        if tags:
+            self._writer.add_event(self._event(wall_time=wall_time, step=int(step),
+                                               summary=self._summary(value=tags)))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class MetricsWriter:
+    """Fans each record out to metrics.jsonl and TensorBoard, and episodes to episodes.csv.
+
+        writer = MetricsWriter(run_dir=run_dir)
+        writer.episodes([Episode(elapsed_s, env_steps, actor, ret, length), ...])
+        writer.write({"learner/loss": 0.3, ...}, step=env_steps, elapsed_s=elapsed)
+        writer.close()
+    """
+
+    def __init__(self, *, run_dir: str | Path, tensorboard: bool = True, started_wall: Optional[float] = None):
+        self.run_dir = Path(run_dir)
+        self.started_wall = time.time() if started_wall is None else started_wall
+        self._jsonl = JsonlWriter(self.run_dir / "metrics.jsonl")
+        self._tensorboard = tensorboard
+        self._tb: Optional[TensorBoardEvents] = None  # opened at the first record: the launcher starts sooner
+        self._csv = open(self.run_dir / "episodes.csv", "a", buffering=1)
+        if self._csv.tell() == 0:
+            self._csv.write(EPISODES_HEADER + "\n")
+        self._lags = open(self.run_dir / "policy_lag.csv", "a", buffering=1)
+        if self._lags.tell() == 0:
+            self._lags.write(LAGS_HEADER + "\n")
+
+    def write(self, values: dict, *, step: int, elapsed_s: float) -> None:
+        """One record: `values` (namespaced names; None for 'not known yet') at `step` env steps."""
+        self._jsonl.write({"step": int(step), "time/elapsed_s": round(elapsed_s, 3), **values})
+        if self._tensorboard and self._tb is None:
+            self._tb = TensorBoardEvents(self.run_dir)
+        if self._tb is not None:
+            self._tb.scalars({k: v for k, v in values.items() if v is not None and not isinstance(v, str)},
+                             step, self.started_wall + elapsed_s)
+
+    def episodes(self, rows: Iterable[Episode]) -> None:
+        """Finished training episodes: a row of episodes.csv and a `train/episode_return` record each."""
+        for e in rows:
+            self._csv.write(f"{e.elapsed_s:.3f},{e.env_steps},{e.actor},{e.ret:g},{e.length}\n")
+            self.write({"train/episode_return": e.ret, "train/episode_length": e.length},
+                       step=e.env_steps, elapsed_s=e.elapsed_s)
+
+    def lags(self, rows: Iterable[tuple[float, int, str, float]]) -> None:
+        """Policy-lag samples to policy_lag.csv: (elapsed_s, actor, 'ms' or 'versions', lag)."""
+        for elapsed, actor, unit, lag in rows:
+            self._lags.write(f"{elapsed:.3f},{actor},{unit},{lag:.3f}\n")
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._csv.close()
+        self._lags.close()
+        if self._tb is not None:
+            self._tb.close()

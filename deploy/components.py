@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
+import threading
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -31,6 +33,7 @@ from deploy.processes import StopFlag, setup_logging
 
 log = logging.getLogger("qfleet")
 WIRING_TIMEOUT_S = 120.0
+STOPPING_SIGNAL = signal.SIGUSR1  # local mode: the launcher tells the replay server the run is stopping
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,9 @@ class Control:
 
 # -- the bodies ------------------------------------------------------------------------------
 def run_replay(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, stop: StopFlag,
-               telemetry: Telemetry) -> None:
+               telemetry: Telemetry, stopping: Optional[threading.Event] = None) -> None:
+    """`stopping` is set when the run begins to stop: from then on every insert is stored
+    (the rate limiter would hold the actors' last pushes while the learner stops sampling)."""
     from replay_server.build import build_replay_server
 
     insert_port, request_port = start.ports or (0, 0)
@@ -144,9 +149,12 @@ def run_replay(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, 
     telemetry.report({"event": "ready", "insert": place.endpoint(server.insert_endpoint),
                       "request": place.endpoint(server.request_endpoint), "restored_from": restored or "",
                       "size": server.table.size, "restored_stored": sum(server.stored_by_actor.values())})
+    stopping = stopping or threading.Event()
     try:
-        server.serve(stop.is_set)
-        server.drain(quiet_s=0.3, max_s=2.0)  # keep what stopping actors still hand over
+        while not stop.is_set():
+            server.accept_all_inserts = stopping.is_set()
+            server.step(0.05)
+        server.drain(quiet_s=0.3, max_s=2.0)  # keep what the last actors still hand over
         if server.snapshots is not None:
             server.snapshot()  # a clean stop leaves everything stored on disk for --resume
         telemetry.report({"event": "finished", **server.stats()})
@@ -240,7 +248,9 @@ def _process(role: str, index: int, place: Placement, body: Callable[[StopFlag, 
 
 
 def replay_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start) -> None:
-    _process("replay", 0, place, lambda stop, tel: run_replay(cfg, env, place, start, stop, tel))
+    stopping = threading.Event()
+    signal.signal(STOPPING_SIGNAL, lambda signum, frame: stopping.set())
+    _process("replay", 0, place, lambda stop, tel: run_replay(cfg, env, place, start, stop, tel, stopping))
 
 
 def learner_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, pipe: Connection, start: Start,

@@ -18,11 +18,12 @@ from common import messages as m
 from common.codec import decode
 from common.config import QfleetConfig
 from common.envs import EnvSpec
-from common.errors import CodecError
-from common.metrics import JsonlWriter
+from common.errors import CodecError, QfleetTimeout
+from common.metrics import MetricsWriter
 from common.sockets import CurveKeys, bind, make_socket
 from deploy.processes import StopFlag
 from deploy.progress import Progress
+from replay_server.client import ReplayClient
 
 STARTUP_TIMEOUT_S = 120.0
 SHUTDOWN_GRACE_S = 4.0
@@ -43,11 +44,9 @@ class Launcher:
         self.actor_restarts = 0
         self.core_restarts = 0
         self.faults: list[dict] = []
-        self.metrics = JsonlWriter(run_dir / "metrics.jsonl")
-        self.episodes = open(run_dir / "episodes.csv", "a", buffering=1)
-        if self.episodes.tell() == 0:
-            self.episodes.write("elapsed_s,actor,return,length\n")
+        self.metrics = MetricsWriter(run_dir=run_dir, started_wall=self.progress.started_wall)
         self._files: dict[str, object] = {}
+        self.replay_client: Optional[ReplayClient] = None
 
     # -- to be provided by a backend ---------------------------------------------------------
     def _start(self) -> None:
@@ -67,8 +66,19 @@ class Launcher:
         """The learner finished its update budget."""
         raise NotImplementedError
 
+    # -- the replay server's own counters ------------------------------------------------------
+    def _connect_replay(self, request_endpoint: str) -> None:
+        self.replay_client = ReplayClient(obs_shape=self.env.obs_shape, obs_dtype=self.env.obs_dtype,
+                                          request_endpoint=request_endpoint, keys=self.keys, timeout=0.5)
+
     def _poll_replay(self) -> None:
-        """Refresh self.progress.replay from the replay server, if it can be asked."""
+        """Refresh self.progress.replay, until the server's final count has arrived."""
+        if self.replay_client is None or self.progress.replay_final:
+            return
+        try:
+            self.progress.replay = self.replay_client.stats(timeout=0.5)
+        except QfleetTimeout:
+            pass
 
     # -- reports -----------------------------------------------------------------------------
     def _drain_telemetry(self, timeout_s: float) -> None:
@@ -89,9 +99,8 @@ class Launcher:
                 continue
             self.progress.take(report)
             if event == "eval":
-                self.metrics.write({"time/elapsed_s": round(self.progress.elapsed, 3),
-                                    **{f"eval/{k[5:] if k.startswith('eval_') else k}": v
-                                       for k, v in report.values.items() if k not in ("event", "pid")}})
+                self.metrics.write(Progress.eval_metrics(report.values), step=self.progress.env_steps(),
+                                   elapsed_s=self.progress.elapsed)
             self._note_recovery(report)
 
     def _take_file_chunk(self, report: m.Report) -> None:
@@ -157,13 +166,13 @@ class Launcher:
 
     def _tick(self, final: bool = False) -> None:
         self._poll_replay()
-        tick = self.progress.snapshot()
-        self.metrics.write(tick)
-        for elapsed, actor, ret, length in self.progress.take_episodes():
-            self.episodes.write(f"{elapsed:.3f},{actor},{ret:g},{length}\n")
+        elapsed, tick = self.progress.elapsed, self.progress.snapshot()
+        self.metrics.episodes(self.progress.take_episodes())
+        self.metrics.write(tick, step=tick["actors/env_steps"], elapsed_s=elapsed)
+        self.metrics.lags(self.progress.take_lags())
         if not final:  # after shutdown there is no learner to tell
             self._send_run_state(self.progress.run_state())  # kept in the learner's checkpoints
-        self.say(self.progress.status_line(tick))
+        self.say(self.progress.status_line(tick, elapsed))
 
     def _write_endpoints(self) -> None:
         """Where the components listen (addresses only, never keys), for operators and tests."""
@@ -215,13 +224,15 @@ class Launcher:
         return (130 if reason == "interrupted" else 0), reason
 
     def close(self) -> None:
+        if self.replay_client is not None:
+            self.replay_client.close()
         self.metrics.close()
-        self.episodes.close()
         self.telemetry.close(0)
 
     def summary(self, reason: str) -> dict:
         p = self.progress
-        return {"reason": reason, "env": self.cfg.run.env, "backend": self.cfg.run.backend,
+        return {"algorithm": "dqn", "reason": reason, "env": self.cfg.run.env, "backend": self.cfg.run.backend,
+                "solved_threshold": self.cfg.learner.solved_threshold,
                 "solved": p.solved_after_s is not None, "solved_after_s": p.solved_after_s,
                 "solved_wall_time": p.solved_wall, "started_wall_time": p.started_wall, "elapsed_s": p.elapsed,
                 "env_steps": p.env_steps(), "transitions_sent": p.sent(),

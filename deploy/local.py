@@ -13,6 +13,7 @@ reconnect by themselves), up to run.max_core_restarts times.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -21,12 +22,10 @@ import numpy as np
 
 from common.config import QfleetConfig
 from common.envs import EnvSpec
-from common.errors import QfleetTimeout
 from deploy.children import Child, Children, port_of
-from deploy.components import Placement, Start, Wiring, sent_file
+from deploy.components import STOPPING_SIGNAL, Placement, Start, Wiring, sent_file
 from deploy.launcher import SHUTDOWN_GRACE_S, Launcher
 from deploy.processes import StopFlag
-from replay_server.client import ReplayClient
 
 
 class LocalLauncher(Launcher):
@@ -35,7 +34,6 @@ class LocalLauncher(Launcher):
         super().__init__(cfg, env, run_dir, stop, say, resume_state)
         place = Placement(telemetry=self.telemetry_endpoint, host="127.0.0.1", run_dir=str(run_dir))
         self.children = Children(cfg, env, place, solved_threshold, run_dir)
-        self.replay_client: Optional[ReplayClient] = None
 
     # -- starting ------------------------------------------------------------------------
     def _start(self) -> None:
@@ -48,8 +46,7 @@ class LocalLauncher(Launcher):
         replay, learner = self.progress.ready["replay"], self.progress.ready["learner"]
         self.children.wire(Wiring(replay["insert"], replay["request"], learner["weights"]))
         self._write_endpoints()
-        self.replay_client = ReplayClient(obs_shape=self.env.obs_shape, obs_dtype=self.env.obs_dtype,
-                                          request_endpoint=replay["request"], timeout=0.5)
+        self._connect_replay(replay["request"])
 
     def _failed_to_start(self) -> Optional[str]:
         for child in self.children:
@@ -115,14 +112,6 @@ class LocalLauncher(Launcher):
             return Start(ports=(port_of(ready["insert"]), port_of(ready["request"])), resume=True)
         return Start(ports=(port_of(ready["weights"]),), resume=True, epoch=child.start.epoch + 1)
 
-    def _poll_replay(self) -> None:
-        if self.replay_client is None or self.progress.replay_final:
-            return
-        try:
-            self.progress.replay = self.replay_client.stats(timeout=0.5)
-        except QfleetTimeout:
-            pass
-
     def _send_run_state(self, state: dict) -> None:
         self.children.send("learner", state)
 
@@ -132,17 +121,20 @@ class LocalLauncher(Launcher):
 
     # -- stopping ------------------------------------------------------------------------
     def _shutdown(self) -> None:
-        """Stop actors and the replay server first: actors hand over what is pending while
-        the server drains its insert socket (rate limiter bypassed) and snapshots. Once the
-        actors' final counts are in, the learner gets them and stops, writing its checkpoint.
-        Whatever is still alive after SHUTDOWN_GRACE_S is killed."""
+        """Tell the replay server the run is stopping (it stores every insert from then on),
+        stop the actors (they hand over what is pending) and wait for them; then stop the
+        replay server (it drains its socket and snapshots) and the learner, which gets the
+        actors' final counts for its checkpoint. Kill what lingers after SHUTDOWN_GRACE_S."""
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        learner = self.children.get("learner")
-        first = [c for c in self.children if c is not learner]
-        self._terminate(first, time.monotonic() + 0.6 * SHUTDOWN_GRACE_S, wait_for=[c for c in first if c.role == "actor"])
+        replay, learner = self.children.get("replay"), self.children.get("learner")
+        if replay is not None and replay.process.exitcode is None:
+            os.kill(replay.process.pid, STOPPING_SIGNAL)  # from now on it stores every insert
+        actors = [c for c in self.children if c.role == "actor"]
+        self._terminate(actors, time.monotonic() + 0.6 * SHUTDOWN_GRACE_S, wait_for=actors)
         if learner is not None:
             self.children.send("learner", self.progress.run_state())
-            self._terminate([learner], deadline, wait_for=[learner])
+        rest = [c for c in (replay, learner) if c is not None]
+        self._terminate(rest, deadline, wait_for=rest)
         self._terminate([], deadline, wait_for=list(self.children))
         for child in self.children:
             if child.process.exitcode is None:
@@ -150,8 +142,6 @@ class LocalLauncher(Launcher):
                 child.process.kill()
                 child.process.join(1.0)
         self._drain_telemetry(0.1)
-        if self.replay_client is not None:
-            self.replay_client.close()
 
     def _terminate(self, targets: list[Child], until: float, wait_for: list[Child]) -> None:
         """SIGTERM `targets`, then wait (reading reports) until `wait_for` exited or `until`."""

@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 
 from common import messages as m
+from common.metrics import Episode
 
 
 class Progress:
@@ -22,7 +23,10 @@ class Progress:
         self.best_eval: Optional[dict] = None
         self.evaluations = 0
         self.returns100: deque = deque(maxlen=100)
-        self.new_episodes: list[tuple[float, int, float, int]] = []  # (elapsed, actor, return, length)
+        self.new_episodes: list[Episode] = []
+        self.new_lags: list[tuple[float, int, str, float]] = []       # (elapsed, actor, "ms"|"versions", value)
+        self._version_probes: deque = deque(maxlen=100_000)           # (elapsed, actor, its version)
+        self._learner_versions: deque = deque(maxlen=4)               # (elapsed, learner version)
         self.lags_ms: deque = deque(maxlen=10_000)  # newest publish -> first use delays
         self.solved_after_s: Optional[float] = None
         self.solved_wall: Optional[float] = None
@@ -47,6 +51,7 @@ class Progress:
     def take(self, report: m.Report) -> None:
         v = report.values
         event = v.get("event")
+        steps_before = self.env_steps()
         name = report.role if report.role != "actor" else f"actor-{report.index}"
         if event == "ready":
             self.ready[report.role] = v
@@ -72,13 +77,23 @@ class Progress:
         elif report.role == "learner":
             self.learner = dict(v)
         if report.episode_returns is not None and len(report.episode_returns):
-            now = self.elapsed
-            for ret, length in zip(report.episode_returns.tolist(), report.episode_lengths.tolist()):
+            # The episodes ended between this actor's previous report and this one: spread
+            # their step stamps over the steps that reports added meanwhile.
+            now, n = self.elapsed, len(report.episode_returns)
+            stamps = np.linspace(steps_before, self.env_steps(), n + 1)[1:].round().astype(int).tolist()
+            for ret, length, step in zip(report.episode_returns.tolist(), report.episode_lengths.tolist(), stamps):
                 self.returns100.append(ret)
-                self.new_episodes.append((now, report.index, ret, length))
+                self.new_episodes.append(Episode(now, step, report.index, ret, length))
             self.episodes += len(report.episode_returns)
         if report.lag_ms is not None and len(report.lag_ms):
             self.lags_ms.extend(report.lag_ms.tolist())
+            now = self.elapsed
+            self.new_lags += [(now, report.index, "ms", x) for x in report.lag_ms.tolist()]
+        if report.role == "actor" and event is None and v.get("weights_version", -1) >= 0:
+            self._version_probes.append((self.elapsed, report.index, v["weights_version"]))
+        if report.role == "learner" and event is None and "version" in v:
+            self._learner_versions.append((self.elapsed, v["version"]))
+            self._resolve_version_lags()
 
     def retire_actor(self, index: int, sent_exact: Optional[int] = None) -> None:
         """An actor process died: keep its counts (its successor reports from zero).
@@ -139,12 +154,10 @@ class Progress:
         return float(np.mean([max(0, latest - v) for v in versions]))
 
     def snapshot(self) -> dict:
-        """The metrics of one status tick, with namespaced names."""
+        """The metrics of one status tick, with namespaced names (common.metrics.METRICS)."""
         steps, updates = self.env_steps(), self.learner.get("updates", 0)
-        last_eval = self.evals[-1] if self.evals else {}
         lags = np.array(list(self.lags_ms)[-1000:]) if self.lags_ms else None
         return {
-            "time/elapsed_s": round(self.elapsed, 3),
             "actors/env_steps": steps,
             "actors/env_steps_per_s": self.rate("steps", steps),
             "actors/transitions_sent": self.sent(),
@@ -155,28 +168,57 @@ class Progress:
             "learner/loss": self.learner.get("loss"),
             "learner/version": self.learner.get("version"),
             "learner/data_wait_fraction": self.learner.get("data_wait_fraction"),
+            "learner/data_wait_s": self.learner.get("data_wait_s"),
+            "learner/sample_latency_p50_ms": self.learner.get("sample_latency_p50_ms"),
+            "learner/sample_latency_p99_ms": self.learner.get("sample_latency_p99_ms"),
             "replay/size": self.replay.get("size"),
             "replay/stored": self.replay.get("stored"),
+            "replay/sampled": self.replay.get("sampled"),
             "replay/samples_per_insert": self.replay.get("samples_per_insert"),
             "replay/rejected": self.replay.get("rejected"),
             "train/episodes": self.episodes,
             "train/return_mean100": float(np.mean(self.returns100)) if self.returns100 else None,
-            "eval/return_mean": last_eval.get("eval_mean"),
         }
 
-    def status_line(self, tick: dict) -> str:
+    @staticmethod
+    def eval_metrics(values: dict) -> dict:
+        """The metrics of one greedy evaluation, from the learner's eval report."""
+        return {"eval/return_mean": values["eval_mean"], "eval/return_std": values["eval_std"],
+                "eval/return_min": values["eval_min"], "eval/return_max": values["eval_max"],
+                "eval/episodes": values["eval_episodes"], "eval/version": values["eval_version"],
+                "eval/updates": values["updates"], "eval/solved": int(bool(values["solved"]))}
+
+    def status_line(self, tick: dict, elapsed_s: float) -> str:
         def num(x, fmt="{:,.0f}"):
             return "-" if x is None else fmt.format(x)
         lag_ms = tick["actors/policy_lag_ms_p50"]
         last = self.evals[-1] if self.evals else None
         ev = "-" if last is None else f"{last['eval_mean']:.1f} (v{last['eval_version']})"
-        return (f"[{tick['time/elapsed_s']:6.1f}s] steps {num(tick['actors/env_steps'])} "
+        return (f"[{elapsed_s:6.1f}s] steps {num(tick['actors/env_steps'])} "
                 f"({num(tick['actors/env_steps_per_s'])}/s) | updates {num(tick['learner/updates'])} "
                 f"({num(tick['learner/updates_per_s'])}/s) | replay {num(tick['replay/size'])} "
                 f"spi {num(tick['replay/samples_per_insert'], '{:.1f}')} | return100 "
                 f"{num(tick['train/return_mean100'], '{:.1f}')} | eval {ev} | lag "
                 f"{num(tick['actors/policy_lag_versions'], '{:.1f}')} v, {num(lag_ms, '{:.0f}')} ms")
 
-    def take_episodes(self) -> list[tuple[float, int, float, int]]:
+    def take_episodes(self) -> list[Episode]:
         rows, self.new_episodes = self.new_episodes, []
+        return rows
+
+    def _resolve_version_lags(self) -> None:
+        """Versions behind for each actor report between the last two learner reports, with
+        the learner's version interpolated at the actor report's time (learner reports are
+        0.5 s apart, a dozen versions at a few hundred updates/s)."""
+        if len(self._learner_versions) < 2:
+            return
+        (t0, v0), (t1, v1) = self._learner_versions[-2], self._learner_versions[-1]
+        while self._version_probes and self._version_probes[0][0] <= t1:
+            t, actor, version = self._version_probes.popleft()
+            if t < t0:
+                continue
+            learner = v0 + (v1 - v0) * (t - t0) / (t1 - t0) if t1 > t0 else v1
+            self.new_lags.append((t, actor, "versions", max(0.0, learner - version)))
+
+    def take_lags(self) -> list[tuple[float, int, str, float]]:
+        rows, self.new_lags = self.new_lags, []
         return rows

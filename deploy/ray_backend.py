@@ -14,6 +14,8 @@ logged or written to the run directory).
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +23,10 @@ from typing import Callable, Optional
 
 from common.config import QfleetConfig
 from common.envs import EnvSpec
-from common.errors import QfleetTimeout
 from common.sockets import CurveKeys
 from deploy.components import Placement, Start, Wiring
 from deploy.launcher import SHUTDOWN_GRACE_S, Launcher
 from deploy.processes import StopFlag
-from replay_server.client import ReplayClient
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Hosted:
         return self.role if self.role != "actor" else f"actor-{self.index}"
 
 
-def connect(address: str) -> bool:
+def connect(address: str, local_cpus: float = 0.0) -> bool:
     """Connect to Ray: the given cluster, the cluster of a Ray job, or a new local one.
     True if this call initialized Ray here (then `ray.shutdown()` at the end disconnects,
     or stops the local Ray it started)."""
@@ -51,7 +51,16 @@ def connect(address: str) -> bool:
 
     if ray.is_initialized():  # e.g. a test that built a cluster
         return False
-    ray.init(address=address or None, include_dashboard=False, logging_level="ERROR", log_to_driver=True)
+    if not address:
+        # Inside a Ray job RAY_ADDRESS names its cluster; otherwise start our own Ray rather
+        # than attach to whatever Ray happens to run on this machine.
+        address = "auto" if os.environ.get("RAY_ADDRESS") else "local"
+    extra = {}
+    if address == "local":
+        # Our own Ray on this machine: declare enough logical CPUs for every component
+        # (Ray's CPUs are a scheduling quantity; the OS shares the real cores anyway).
+        extra["num_cpus"] = max(os.cpu_count() or 1, math.ceil(local_cpus))
+    ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=True, **extra)
     return True
 
 
@@ -60,7 +69,8 @@ class RayLauncher(Launcher):
                  stop: StopFlag, say: Callable[[str], None] = print):
         import ray
 
-        self._owns_ray = connect(cfg.ray.address)
+        r = cfg.ray
+        self._owns_ray = connect(r.address, r.replay_cpus + r.learner_cpus + cfg.run.actors * r.actor_cpus)
         keys = CurveKeys.generate() if cfg.ray.curve else None
         super().__init__(cfg, env, run_dir, stop, say, bind_host="0.0.0.0", keys=keys)
         driver_ip = ray.util.get_node_ip_address()
@@ -70,7 +80,6 @@ class RayLauncher(Launcher):
         self.run_name = run_dir.name
         self.hosts: dict[str, Hosted] = {}
         self.wiring: Optional[Wiring] = None
-        self.replay_client: Optional[ReplayClient] = None
         self._learner_finished = False
 
     # -- placing ---------------------------------------------------------------------------
@@ -122,8 +131,7 @@ class RayLauncher(Launcher):
         for hosted in self.hosts.values():
             if hosted.role != "replay":
                 hosted.handle.wire.remote(self.wiring)
-        self.replay_client = ReplayClient(obs_shape=self.env.obs_shape, obs_dtype=self.env.obs_dtype,
-                                          request_endpoint=replay["request"], keys=self.keys, timeout=0.5)
+        self._connect_replay(replay["request"])
         self._record_processes()
 
     def _dead_on_arrival(self) -> Optional[str]:
@@ -201,14 +209,6 @@ class RayLauncher(Launcher):
         """True while the actor's last loss is recorded and its successor has not reported."""
         return any(f["name"] == hosted.name and f["recovered_after_s"] is None for f in self.faults)
 
-    def _poll_replay(self) -> None:
-        if self.replay_client is None or self.progress.replay_final:
-            return
-        try:
-            self.progress.replay = self.replay_client.stats(timeout=0.5)
-        except QfleetTimeout:
-            pass
-
     def _send_run_state(self, state: dict) -> None:
         learner = self.hosts.get("learner")
         if learner is not None and learner.run_ref is not None:
@@ -219,22 +219,23 @@ class RayLauncher(Launcher):
 
     # -- stopping ------------------------------------------------------------------------------
     def _shutdown(self) -> None:
-        """Actors and the replay server first (the server drains what actors hand over), then
-        the learner with the final counters (it ships its checkpoint); kill what lingers."""
+        """As in local mode: the replay server stores every insert from now on, actors stop
+        and hand over what is pending, then the replay server and the learner (with the final
+        counters; it ships its checkpoint) stop; kill what lingers."""
         import ray
 
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        learner = self.hosts.get("learner")
-        first = [h for h in self.hosts.values() if h is not learner]
-        self._stop_and_wait(first, time.monotonic() + 0.6 * SHUTDOWN_GRACE_S)
+        replay, learner = self.hosts.get("replay"), self.hosts.get("learner")
+        if replay is not None:
+            replay.handle.begin_stopping.remote()  # from now on it stores every insert
+        actors = [h for h in self.hosts.values() if h.role == "actor"]
+        self._stop_and_wait(actors, time.monotonic() + 0.6 * SHUTDOWN_GRACE_S)
         if learner is not None:
             self._send_run_state(self.progress.run_state())
-            self._stop_and_wait([learner], deadline)
+        self._stop_and_wait([h for h in (replay, learner) if h is not None], deadline)
         for hosted in self.hosts.values():
             ray.kill(hosted.handle, no_restart=True)
         self._drain_telemetry(0.2)
-        if self.replay_client is not None:
-            self.replay_client.close()
         if self._owns_ray:
             ray.shutdown()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import replace
 from typing import Optional
 
@@ -39,6 +40,7 @@ class ComponentHost:
         setup_logging(self.name, path=os.path.join(local_dir, "logs", f"{self.name}.log"))
         self.control = Control()
         self.stop_flag = StopFlag(install_handlers=False)
+        self.stopping = threading.Event()
 
     def where(self) -> dict:
         import ray
@@ -55,13 +57,17 @@ class ComponentHost:
     def stop(self) -> None:
         self.stop_flag.set()
 
+    def begin_stopping(self) -> None:
+        """The run is stopping (the replay server then stores every insert that still arrives)."""
+        self.stopping.set()
+
     def run(self) -> str:
         """Run the component until stopped; returns its name (raises if it failed)."""
         telemetry = Telemetry(self.place.telemetry, self.role, self.index, keys=self.place.keys)
         cfg, env, place, start, stop = self.cfg, self.env, self.place, self.start, self.stop_flag
         try:
             if self.role == "replay":
-                run_replay(cfg, env, place, start, stop, telemetry)
+                run_replay(cfg, env, place, start, stop, telemetry, self.stopping)
             elif self.role == "learner":
                 run_learner(cfg, env, place, start, stop, telemetry, self.control, self.solved_threshold,
                             on_checkpoint=lambda path: telemetry.send_file("checkpoint.npz", str(path)))

@@ -10,6 +10,7 @@ from common.config import QfleetConfig
 from common.config_loader import load_config, save_config
 from common.envs import EnvSpec, describe_env
 from common.errors import ConfigError
+from deploy.eval_command import add_gif_options
 from deploy.processes import StopFlag
 from replay_server.build import effective_error_buffer
 from replay_server.rate_limiter import RateLimiter
@@ -36,6 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: the cluster of a Ray job, else a new local Ray)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint and replay snapshot "
                    "(its config.yaml is the base; --set and flags such as --actors still apply)")
+    p.add_argument("--gif", action="store_true",
+                   help="after the run, record the best-evaluated agent as RUN_DIR/agent.gif")
+    p.add_argument("--no-plot", action="store_true", help="do not draw RUN_DIR/plot.png after the run")
+    add_gif_options(p)
 
 
 def resolve(args: argparse.Namespace) -> tuple[QfleetConfig, EnvSpec]:
@@ -66,13 +71,15 @@ def resolve(args: argparse.Namespace) -> tuple[QfleetConfig, EnvSpec]:
     return cfg, env
 
 
-def make_run_dir(cfg: QfleetConfig) -> Path:
-    name = cfg.run.name or f"{cfg.run.env.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.run_dir) / name
+def make_run_dir(root: str, name: str, label: str) -> Path:
+    """root/name, or for an empty name a fresh root/<label>-<time>[-N]."""
+    fresh = not name
+    name = name or f"{label.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(root) / name
     suffix = 1
-    while run_dir.exists() and not cfg.run.name:
+    while run_dir.exists() and fresh:
         suffix += 1
-        run_dir = Path(cfg.run.run_dir) / f"{name}-{suffix}"
+        run_dir = Path(root) / f"{name}-{suffix}"
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         resume_state = check_resume(run_dir, cfg, env)
     else:
-        run_dir = make_run_dir(cfg)
+        run_dir = make_run_dir(cfg.run.run_dir, cfg.run.name, cfg.run.env)
     save_config(cfg, run_dir / "config.yaml")
     print(f"qfleet: {'resuming' if resume_state is not None else 'training'} {env.env_id} with {cfg.run.actors} "
           f"actor(s) x {cfg.actor.envs_per_actor} envs; solved at greedy mean >= {cfg.learner.solved_threshold}; "
@@ -125,7 +132,32 @@ def run(args: argparse.Namespace) -> int:
         launcher.close()
     write_summary(run_dir, summary)
     print(final_message(summary), flush=True)
+    if reason == "interrupted":  # stop at once: the plot can be drawn later
+        print(f"qfleet: interrupted; `qfleet plot {run_dir}` draws its learning curves", flush=True)
+    else:
+        after_run(run_dir, args, cfg.run.seed)
     return code
+
+
+def after_run(run_dir: Path, args: argparse.Namespace, seed: int) -> None:
+    """The learning-curve plot and, with --gif, the agent's GIF (each skipped with a note if it cannot be made)."""
+    from common.errors import QfleetError
+
+    if not args.no_plot:
+        from deploy.plot_command import plot_run_dir
+
+        print("qfleet: " + plot_run_dir(run_dir), flush=True)
+    if args.gif:
+        from deploy.eval_command import write_gif
+        from learner.checkpoint import load_policy
+        from learner.evaluation import greedy_policy
+
+        try:
+            saved = load_policy(run_dir)
+            print("qfleet: " + write_gif(greedy_policy(saved.spec, saved.params), describe_env(saved.env),
+                                         run_dir / "agent.gif", args, seed), flush=True)
+        except QfleetError as exc:
+            print(f"qfleet: no GIF: {exc}", flush=True)
 
 
 def final_message(s: dict) -> str:
@@ -139,4 +171,5 @@ def final_message(s: dict) -> str:
     return (f"qfleet: {head}: {ev}\n"
             f"qfleet: {s['env_steps']:,} env steps, {s['updates']:,} updates, {s['episodes']:,} episodes, "
             f"{s['actor_restarts']} actor restart(s)\n"
-            f"qfleet: run directory {s['run_dir']} (config.yaml, metrics.jsonl, episodes.csv, checkpoint.npz; {logs})")
+            f"qfleet: run directory {s['run_dir']} (config.yaml, metrics.jsonl, TensorBoard events, episodes.csv, "
+            f"checkpoint.npz; {logs})")

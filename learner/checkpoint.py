@@ -10,11 +10,12 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from common.errors import CheckpointError
+from common.netspec import NetSpec, param_shapes
 
 FORMAT = "qfleet-checkpoint"
 FORMAT_VERSION = 1
@@ -57,3 +58,31 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
         raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')}, "
                               f"this qfleet reads version {FORMAT_VERSION}")
     return arrays, meta
+
+
+class Policy(NamedTuple):
+    """The playable part of a checkpoint: the best-evaluated weights and what they play."""
+
+    params: dict[str, np.ndarray]
+    spec: NetSpec
+    env: str          # the --env of the run (gymnasium id or module:Class)
+    meta: dict[str, Any]
+
+
+def load_policy(path: str | Path) -> Policy:
+    """The `policy/...` weights of a checkpoint (or run directory), checked against its net spec."""
+    arrays, meta = load_checkpoint(path)
+    try:
+        raw = meta["net_spec"]
+        spec = NetSpec(**{**raw, "obs_shape": tuple(raw["obs_shape"]), "hidden": tuple(raw["hidden"])})
+        env = str(meta["env_id"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} has no usable network description "
+                              f"({exc!r} missing or malformed)") from None
+    params = {k[len("policy/"):]: v for k, v in arrays.items() if k.startswith("policy/")}
+    expected = param_shapes(spec)
+    got = {k: tuple(v.shape) for k, v in params.items()}
+    if got != expected:
+        raise CheckpointError(f"checkpoint {path}: policy weights {got or 'missing'} do not match its network "
+                              f"{spec.kind} {spec.obs_shape} -> {spec.hidden} -> {spec.num_actions}")
+    return Policy(params, spec, env, meta)

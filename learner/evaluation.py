@@ -1,7 +1,8 @@
 """Greedy evaluation (epsilon 0) over many episodes at once, and its background runner.
 
 `evaluate` runs E copies of the environment as one vector env, one episode each (steps of
-copies whose episode ended are ignored), and returns the episode returns.
+copies whose episode ended are ignored), and returns the episode returns; given
+`on_frames`, it also renders them (what `learner.recording` turns into GIFs).
 `BackgroundEvaluator` runs it in a child process on a snapshot of the weights, so
 training goes on while it plays.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 from multiprocessing.connection import Connection
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -28,20 +29,30 @@ class EvalResult(NamedTuple):
     lengths: np.ndarray
 
 
+FrameSink = Callable[[Sequence[np.ndarray], np.ndarray], None]
+
+
 def evaluate(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int,
-             max_steps: int = 100_000, version: int = -1) -> EvalResult:
-    """Mean return of the greedy policy over `episodes` episodes (policy: obs -> Q-values)."""
-    env = make_vec_env(env_id, episodes)
+             max_steps: int = 100_000, version: int = -1, on_frames: Optional[FrameSink] = None) -> EvalResult:
+    """Returns of the greedy policy (policy: obs -> Q-values or action scores; it takes the
+    argmax) over `episodes` episodes. With `on_frames`, every copy is rendered (rgb_array)
+    after the reset and after each step, and `on_frames(frames, live)` gets the frames and
+    which copies they belong to an episode of (the frame of a final step included)."""
+    env = make_vec_env(env_id, episodes, **({"render_mode": "rgb_array"} if on_frames else {}))
     try:
         obs, _ = env.reset(seed=seed)
         returns = np.zeros(episodes)
         lengths = np.zeros(episodes, np.int64)
         running = np.ones(episodes, bool)
+        if on_frames:
+            on_frames(env.render(), running.copy())
         for _ in range(max_steps):
             actions = policy(obs).argmax(axis=1)
             obs, reward, terminated, truncated, _ = env.step(actions)
             returns += reward * running
             lengths += running
+            if on_frames:
+                on_frames(env.render(), running.copy())
             running &= ~(terminated | truncated)
             if not running.any():
                 break

@@ -3,6 +3,7 @@ weights, background greedy evaluation, reports, and periodic and final checkpoin
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -132,9 +133,10 @@ class Learner:
     def _report(self, elapsed: float) -> None:
         lat = np.array(self.prefetcher.latencies) if self.prefetcher.latencies else np.zeros(1)
         self.telemetry.report({
-            "updates": self.update.updates, "version": self.version, "loss": self._last_loss,
+            "updates": self.update.updates, "version": self.version,
+            "loss": self._last_loss if math.isfinite(self._last_loss) else None,  # NaN before the first update
             "updates_per_s": self.update.updates / max(elapsed, 1e-9),
-            "data_wait_fraction": self.prefetcher.wait_s / max(elapsed, 1e-9),
+            "data_wait_fraction": self.prefetcher.wait_s / max(elapsed, 1e-9), "data_wait_s": self.prefetcher.wait_s,
             "sample_latency_p50_ms": float(np.percentile(lat, 50) * 1e3),
             "sample_latency_p99_ms": float(np.percentile(lat, 99) * 1e3),
             "rate_limited": self.prefetcher.rate_limited, "beta": self._beta(), "elapsed_s": elapsed,

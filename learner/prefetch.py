@@ -32,7 +32,11 @@ class Prefetcher:
         self.batch_size, self.per_request, self.in_flight = batch_size, batches_per_request, in_flight
         self.timeout_s, self.retry_s = timeout_s, retry_s
         self.beta = 0.4
-        self._batches: queue.Queue = queue.Queue(maxsize=in_flight * batches_per_request)
+        # Unbounded on purpose: what is queued plus what is requested never exceeds
+        # `capacity`, and the thread must never block on a full queue while replies wait on
+        # the socket (the wait would be counted as sample latency).
+        self.capacity = in_flight * batches_per_request
+        self._batches: queue.Queue = queue.Queue()
         self._priorities: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._error: Optional[BaseException] = None
@@ -82,7 +86,7 @@ class Prefetcher:
                 for rid, sent in list(pending.items()):
                     if now - sent > self.retry_s:  # lost with a restarted server: ask again
                         del pending[rid]
-                room = self._batches.maxsize - self._batches.qsize() - len(pending) * self.per_request
+                room = self.capacity - self._batches.qsize() - len(pending) * self.per_request
                 while len(pending) < self.in_flight and room >= self.per_request:
                     pending[self.client.request_sample(self.batch_size, self.beta, self.per_request)] = now
                     room -= self.per_request
@@ -111,13 +115,7 @@ class Prefetcher:
         fields = ("keys", "obs", "action", "reward", "next_obs", "discount", "weight")
         b = self.batch_size
         for i in range(self.per_request):
-            batch = {f: getattr(reply, f)[i * b:(i + 1) * b] for f in fields}
-            while not self._stop.is_set():
-                try:
-                    self._batches.put(batch, timeout=0.02)
-                    break
-                except queue.Full:
-                    self._flush_priorities()
+            self._batches.put({f: getattr(reply, f)[i * b:(i + 1) * b] for f in fields})
 
     def _flush_priorities(self) -> None:
         items = []

@@ -70,6 +70,11 @@ class ReplayClient:
         return self._dealer
 
     # -- actors --------------------------------------------------------------------------
+    @property
+    def insert_socket(self) -> zmq.Socket:
+        """The insert socket, for a caller that waits on it together with others (poll only)."""
+        return self._socket(zmq.PUSH)
+
     def insert(self, batch: m.InsertBatch, timeout: Optional[float] = None) -> None:
         """Queue a batch for the server; QfleetTimeout if backpressure lasts `timeout` s."""
         frames = m.pack(self._schemas[m.INSERT], batch)

@@ -58,6 +58,7 @@ class ReplayServer:
         self._requests_only.register(self._router, zmq.POLLIN)
         self._held_insert: Optional[m.InsertBatch] = None
         self._held_since = 0.0
+        self.accept_all_inserts = False  # set when the run is stopping: keep what actors still send
         self._waiting: deque = deque()  # (deadline, identity, SampleRequest)
         self.counts: Counter = Counter()
         self.rejected: Counter = Counter()          # reason -> messages
@@ -140,7 +141,7 @@ class ReplayServer:
 
     def _try_store(self, batch: m.InsertBatch, force: bool = False) -> bool:
         n = len(batch.action)
-        if not force and not self.table.can_insert(n):
+        if not (force or self.accept_all_inserts) and not self.table.can_insert(n):
             return False
         fields = {"obs": batch.obs, "action": batch.action, "reward": batch.reward,
                   "next_obs": batch.next_obs, "discount": batch.discount}

@@ -46,3 +46,30 @@ def test_config_docs_show_every_field(qfleet_cmd):
     out = run(qfleet_cmd, "config", "--docs")
     assert out.returncode == 0
     assert "samples_per_insert" in out.stdout and "Target ratio of sampled to inserted" in out.stdout
+
+
+@pytest.mark.parametrize("setup,args,message", [
+    (None, ["plot", "{d}/missing"], "run directory {d}/missing does not exist"),
+    ("empty_dir", ["plot", "{d}/run"], "{d}/run is not a run directory"),
+    ("empty_files", ["plot", "{d}/run"], "{d}/run holds no episodes or metrics yet"),
+    (None, ["eval", "{d}/missing"], "checkpoint {d}/missing does not exist"),
+    ("garbage", ["eval", "{d}/run/checkpoint.npz"], "checkpoint {d}/run/checkpoint.npz is unreadable"),
+    ("foreign", ["eval", "{d}/run"], "{d}/run/checkpoint.npz is not a qfleet checkpoint"),
+])
+def test_plot_and_eval_refuse_bad_inputs_in_one_line(qfleet_cmd, tmp_path, setup, args, message):
+    import numpy as np
+
+    run_dir = tmp_path / "run"
+    if setup:
+        run_dir.mkdir()
+    if setup == "empty_files":
+        (run_dir / "episodes.csv").write_text("elapsed_s,env_steps,actor,return,length\n")
+        (run_dir / "metrics.jsonl").write_text("")
+    elif setup == "garbage":
+        (run_dir / "checkpoint.npz").write_bytes(b"not a zip file")
+    elif setup == "foreign":
+        np.savez(run_dir / "checkpoint.npz", x=np.zeros(3))
+    out = run(qfleet_cmd, *[a.format(d=tmp_path) for a in args])
+    assert out.returncode == 2, out.stderr
+    assert message.format(d=tmp_path) in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

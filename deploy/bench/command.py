@@ -8,6 +8,7 @@ BENCHMARKS = {
     "replay": ("deploy.bench.replay", "replay server ingest, sampling and memory per transition"),
     "solve": ("deploy.bench.solve", "wall-clock seconds from launching qfleet train to solved, per seed"),
     "soak": ("deploy.bench.soak", "a long run: memory and open files of every process must not grow"),
+    "scaling": ("deploy.bench.scaling", "throughput, lag and CPU of the full system against the number of actors"),
 }
 
 

@@ -1,0 +1,62 @@
+"""MetricsWriter: the same names and steps in metrics.jsonl and TensorBoard, episodes.csv,
+and every metric name documented in the README."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.metrics import EPISODES_HEADER, METRICS, Episode, MetricsWriter, read_jsonl
+from common.plotting import moving_average
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_writer_fans_out_the_same_names_and_steps(tmp_path):
+    writer = MetricsWriter(run_dir=tmp_path, started_wall=1000.0)
+    writer.episodes([Episode(0.5, 40, 0, 21.0, 21), Episode(0.6, 90, 1, 50.0, 50)])
+    writer.write({"learner/loss": 0.25, "replay/size": None, "eval/solved": True, "learner/loss_nan": float("nan")},
+                 step=120, elapsed_s=1.25)
+    writer.close()
+
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    assert records[0] == {"step": 40, "time/elapsed_s": 0.5, "train/episode_return": 21.0, "train/episode_length": 21}
+    assert records[2] == {"step": 120, "time/elapsed_s": 1.25, "learner/loss": 0.25, "replay/size": None,
+                          "eval/solved": True, "learner/loss_nan": None}
+    lines = (tmp_path / "episodes.csv").read_text().splitlines()
+    assert lines == [EPISODES_HEADER, "0.500,40,0,21,21", "0.600,90,1,50,50"]
+
+    tb = tensorboard_scalars(tmp_path)
+    # None and NaN are not numbers to plot: JSON says null, TensorBoard leaves them out.
+    assert set(tb) == {"train/episode_return", "train/episode_length", "learner/loss", "eval/solved"}
+    assert tb["train/episode_return"] == [(40, 21.0), (90, 50.0)]
+    assert tb["learner/loss"] == [(120, 0.25)] and tb["eval/solved"] == [(120, 1.0)]
+
+
+def test_appending_to_a_run_keeps_one_csv_header(tmp_path):
+    for i in range(2):
+        writer = MetricsWriter(run_dir=tmp_path, tensorboard=False)
+        writer.episodes([Episode(1.0, 10 * i, 0, 1.0, 1)])
+        writer.close()
+    assert (tmp_path / "episodes.csv").read_text().count("elapsed_s") == 1
+
+
+def test_every_metric_name_is_in_the_readme_table():
+    readme = (ROOT / "README.md").read_text()
+    table = set(re.findall(r"^\| `([a-z_]+(?:/[a-z0-9_]+)?)` \|", readme, re.M))
+    assert set(METRICS) <= table, sorted(set(METRICS) - table)
+
+
+@pytest.mark.parametrize("n", [1, 5, 99, 100, 101, 350])
+def test_moving_average_is_the_trailing_mean_of_up_to_100(n):
+    values = np.random.default_rng(n).normal(size=n)
+    expected = [values[max(0, i - 99):i + 1].mean() for i in range(n)]
+    np.testing.assert_allclose(moving_average(values), expected)

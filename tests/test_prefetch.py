@@ -1,0 +1,38 @@
+"""The prefetcher against a real replay server that has nothing to serve: a stop request
+ends the wait at once (so a stopping learner still writes its checkpoint)."""
+import time
+
+import numpy as np
+import pytest
+
+from common.errors import QfleetTimeout
+from learner.prefetch import Prefetcher
+from replay_server.client import ReplayClient
+from tests.test_replay_server import server  # noqa: F401  (the fixture: a real replay-server process)
+
+
+@pytest.fixture
+def starved(server):  # noqa: F811
+    _, endpoints = server  # nothing inserted: every sample request is answered 'rate_limited'
+    client = ReplayClient(obs_shape=(4,), obs_dtype=np.float32, request_endpoint=endpoints["request"], timeout=2.0)
+    yield lambda timeout_s: Prefetcher(client, batch_size=8, batches_per_request=2, in_flight=2,
+                                       timeout_s=timeout_s).start()
+
+
+def test_stop_ends_the_wait_for_a_batch(starved):
+    prefetcher = starved(30.0)
+    try:
+        asked = time.monotonic()
+        assert prefetcher.get(lambda: time.monotonic() - asked > 0.3) is None
+        assert time.monotonic() - asked < 2.0  # not the 30 s timeout
+    finally:
+        prefetcher.close()
+
+
+def test_without_stop_the_wait_times_out_naming_the_replay_server(starved):
+    prefetcher = starved(0.5)
+    try:
+        with pytest.raises(QfleetTimeout, match="no sample from the replay server"):
+            prefetcher.get()
+    finally:
+        prefetcher.close()

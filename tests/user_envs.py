@@ -1,0 +1,50 @@
+"""Tiny environments that stand for a user's own, loaded by import path
+(`--env tests.user_envs:ReachTarget`)."""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+
+class ReachTarget(gym.Env):
+    """Walk left, stay or right on a line of 9 cells to reach the target cell. The observation
+    is a (2, 3) array (position and target one-hot-ish features), to exercise multi-dimensional
+    Box observations; reward -0.1 per step, +1 on arrival."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    reward_threshold = 0.5
+    max_episode_steps = 30
+
+    def __init__(self, render_mode: str | None = None):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32)
+        self.action_space = gym.spaces.Discrete(3)
+        self.render_mode = render_mode
+        self.pos = self.target = 0
+
+    def _obs(self) -> np.ndarray:
+        p, t = self.pos / 8.0, self.target / 8.0
+        return np.array([[p, t, p - t], [1.0, -p, -t]], np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos, self.target = (int(x) for x in self.np_random.choice(9, 2, replace=False))
+        return self._obs(), {}
+
+    def step(self, action):
+        self.pos = int(np.clip(self.pos + int(action) - 1, 0, 8))
+        done = self.pos == self.target
+        return self._obs(), (1.0 if done else -0.1), done, False, {}
+
+    def render(self):
+        frame = np.full((20, 90, 3), 255, np.uint8)
+        frame[5:15, 10 * self.target:10 * self.target + 10] = (0, 160, 0)
+        frame[8:12, 10 * self.pos + 2:10 * self.pos + 8] = (200, 0, 0)
+        return frame
+
+
+class SteerContinuously(ReachTarget):
+    """The same task with a continuous action: qfleet must refuse it."""
+
+    def __init__(self, render_mode: str | None = None):
+        super().__init__(render_mode)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
