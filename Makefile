@@ -11,6 +11,15 @@ STAMP  := $(VENV)/.qfleet-installed
 .PHONY: train test setup clean
 
 $(STAMP): pyproject.toml
+	@# The cluster test (tests/test_netns_cluster.py) needs rsync and sshd. As root with
+	@# apt-get, install them when one is missing; otherwise do nothing (the test then skips
+	@# and names what is missing).
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	    && ! { command -v rsync >/dev/null 2>&1 && PATH="$$PATH:/usr/sbin" command -v sshd >/dev/null 2>&1; }; then \
+	  echo "make: installing rsync and openssh-server for the cluster test: apt-get install -y --no-install-recommends rsync openssh-server"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends rsync openssh-server \
+	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends rsync openssh-server; }; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	@# torch first and pinned: 2.13.0 resolves to the CPU build where there is no GPU
 	@# (and to the CUDA build on a GPU machine) instead of the newest multi-GB CUDA wheels.

@@ -46,3 +46,8 @@ class CheckpointError(QfleetError):
 
 class RunDirError(QfleetError):
     """A run directory is missing, or holds none of the files a command reads from it."""
+
+
+class ClusterTestError(QfleetError):
+    """The on-premises cluster test (`python -m deploy.netns_cluster`) found its hosts, the
+    Ray cluster or a training run not as expected; the message names what and where."""

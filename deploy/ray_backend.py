@@ -183,6 +183,12 @@ class RayLauncher(Launcher):
             if hosted.role != "actor":
                 return (f"the {hosted.role} on node {node} died ({error}); on the Ray backend losing the "
                         f"replay server or the learner stops the run")
+            if error.startswith("ActorUnavailableError") and self._restarting(hosted):
+                # Until Ray declares a lost node dead (heartbeats, ~15 s), calls to an actor that
+                # was on it fail as "unavailable": the same loss, already counted; ask again.
+                hosted.handle.wire.remote(self.wiring)
+                hosted.run_ref = hosted.handle.run.remote()
+                continue
             if self.actor_restarts >= self.cfg.run.max_actor_restarts:
                 return f"{hosted.name} died ({error}) and the restart limit ({self.cfg.run.max_actor_restarts}) is spent"
             self.actor_restarts += 1
@@ -198,6 +204,10 @@ class RayLauncher(Launcher):
         if any(h.where is None for h in self.hosts.values()):
             self._record_processes()
         return None
+
+    def _restarting(self, hosted: Hosted) -> bool:
+        """True while the actor's last loss is recorded and its successor has not reported."""
+        return any(f["name"] == hosted.name and f["recovered_after_s"] is None for f in self.faults)
 
     def _send_run_state(self, state: dict) -> None:
         learner = self.hosts.get("learner")

@@ -43,8 +43,18 @@ def test_rendered_onprem_config_validates():
     from deploy.cluster_command import render_onprem
 
     cfg = render_onprem(head_ip="10.1.0.2", worker_ips=["10.1.0.3", "10.1.0.4"], ssh_user="qf", ssh_key="/k",
-                        env_dir="/opt/env", ray_start_args=("--temp-dir=/tmp/ray-x",))
+                        env_dir="/opt/env", ray_start_args=("--temp-dir=/tmp/ray-x",), auth_token_file="/run/tok")
     validate_config(prepare_config(cfg))
     assert cfg["provider"]["worker_ips"] == ["10.1.0.3", "10.1.0.4"]
     assert all(c.startswith("export QFLEET_ENV=/opt/env; ") for c in cfg["worker_start_ray_commands"])
     assert cfg["worker_start_ray_commands"][-1].endswith("--temp-dir=/tmp/ray-x")
+    assert cfg["file_mounts"]["~/.ray/auth_token"] == "/run/tok"
+
+
+def test_onprem_jobs_find_qfleet():
+    """`ray job submit -- qfleet train ...` runs in the raylet's environment: every
+    `ray start` has the node environment's bin first on PATH."""
+    cfg = yaml.safe_load((CLUSTER / "onprem.yaml").read_text())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in cfg[key] if "ray start" in c)
+        assert "PATH=${QFLEET_ENV:-$HOME/qfleet-env}/bin:$PATH" in start, start
