@@ -22,6 +22,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable, Optional
 
+import zmq
+
 from common.config import QfleetConfig
 from common.config_loader import config_to_dict
 from common.envs import EnvSpec
@@ -250,9 +252,17 @@ def _process(role: str, index: int, place: Placement, body: Callable[[StopFlag, 
         body(stop, telemetry)
     except BaseException as exc:
         report_crash(name, telemetry, exc)
-        telemetry.close()
+        _close_sockets(telemetry)
         raise SystemExit(1)
+    _close_sockets(telemetry)
+
+
+def _close_sockets(telemetry: Telemetry) -> None:
+    """A spawned process ends in os._exit, which never terminates ZeroMQ's context: what
+    sockets still queue (an actor's last inserts, the final report) would die with its I/O
+    thread. Terminating the context waits for them, each socket within its own linger."""
     telemetry.close()
+    zmq.Context.instance().destroy()
 
 
 def replay_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start) -> None:

@@ -23,7 +23,7 @@ MESSAGE_TRANSITIONS = 32 * 4        # envs_per_actor x flush_every_steps (defaul
 IN_FLIGHT_PER_ACTOR = CLIENT_HWM * MESSAGE_TRANSITIONS + 2 * 2 * STREAM_BUFFER_BYTES // CARTPOLE_TRANSITION_BYTES
 
 
-def run_with_fault(qfleet_cmd, tmp_path: Path, victim: str, seconds: float = 20) -> tuple[dict, str, int]:
+def run_with_fault(qfleet_cmd, tmp_path: Path, victim: str, seconds: float = 14) -> tuple[dict, str, int]:
     cmd = qfleet_cmd + ["train", "--actors", "2", "--max-seconds", str(seconds), "--run-dir", str(tmp_path),
                         "--name", "run", "--set", "run.stop_when_solved=false", "--set", "replay.snapshot_every_s=1",
                         "--set", "learner.checkpoint_every_s=1"]

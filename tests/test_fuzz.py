@@ -168,7 +168,11 @@ def test_weight_subscription():
     def send(frames):
         pub.send_multipart(frames)
         sent.append(1)
-        wait(lambda: subscriber.poll() is None and subscriber.received >= len(sent) + received_before, timeout=5)
+        deadline = time.monotonic() + 5
+        while subscriber.received < len(sent) + received_before:  # block on the socket, not in sleeps
+            assert time.monotonic() < deadline, "timed out"
+            subscriber.socket.poll(50)
+            assert subscriber.poll() is None, "a malformed message was taken as weights"
 
     send()
     assert len(sent) >= CASES

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def test_pixel_training_runs_end_to_end_on_cpu(qfleet_cmd, tmp_path):
     cmd = qfleet_cmd + ["train", "--obs", "pixels", "--actors", "1", "--envs-per-actor", "8", "--seed", "0",
-                        "--max-seconds", "40", "--run-dir", str(tmp_path), "--name", "run",
+                        "--max-seconds", "28", "--run-dir", str(tmp_path), "--name", "run",
                         "--set", "learner.batch_size=32", "--set", "replay.capacity=4000",
                         "--set", "replay.min_size_to_sample=300", "--set", "replay.max_insert_batch=512",
                         "--set", "learner.prefetch=2", "--set", "learner.batches_per_request=1",

@@ -112,7 +112,7 @@ def test_multi_node_placement_and_delivery(cluster, tmp_path):
 
 def test_killed_actor_and_lost_node_come_back(cluster, tmp_path):
     c, ids, doomed = cluster
-    proc = subprocess.Popen(train_cmd(tmp_path, "--address", c.address, "--actors", "4", "--max-seconds", "60",
+    proc = subprocess.Popen(train_cmd(tmp_path, "--address", c.address, "--actors", "4", "--max-seconds", "45",
                                       "--set", "run.stop_when_solved=false"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=python_env())
     try:
