@@ -137,7 +137,7 @@ class Control:
                 self._state = message
 
 
-ACTOR_LINGER_S = 4.0  # within the launcher's 0.6 x SHUTDOWN_GRACE_S for actors, after their 1 s final flush
+ACTOR_LINGER_S = 1.5  # within the launcher's 0.6 x SHUTDOWN_GRACE_S for actors, after their 1 s final flush
 
 
 # -- the bodies ------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from deploy.progress import Progress
 from replay_server.client import ReplayClient
 
 STARTUP_TIMEOUT_S = 120.0
-SHUTDOWN_GRACE_S = 10.0  # normally seconds less: each step ends as soon as its part is done
+SHUTDOWN_GRACE_S = 4.5  # within the 5 s a user waits after Ctrl-C; each step ends as soon as its part is done
 
 
 class Launcher:
