@@ -26,6 +26,7 @@ from deploy.progress import Progress
 from replay_server.client import ReplayClient
 
 STARTUP_TIMEOUT_S = 120.0
+MAX_REPORTS_PER_DRAIN = 500
 SHUTDOWN_GRACE_S = 4.5  # within the 5 s a user waits after Ctrl-C; each step ends as soon as its part is done
 
 
@@ -81,14 +82,16 @@ class Launcher:
             pass
 
     # -- reports -----------------------------------------------------------------------------
-    def _drain_telemetry(self, timeout_s: float) -> None:
+    def _drain_telemetry(self, timeout_s: float) -> bool:
+        """Take waiting reports (at most MAX_REPORTS_PER_DRAIN, so supervision and status
+        ticks go on under a flood of them). True when more may be waiting."""
         if not self.telemetry.poll(int(timeout_s * 1000)):
-            return
-        while True:
+            return False
+        for _ in range(MAX_REPORTS_PER_DRAIN):
             try:
                 frames = self.telemetry.recv_multipart(copy=False, flags=zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             try:
                 report = m.unpack(m.Report, decode(frames, {m.REPORT: m.REPORT_SCHEMA}, max_bytes=16 << 20))
             except CodecError:
@@ -102,6 +105,7 @@ class Launcher:
                 self.metrics.write(Progress.eval_metrics(report.values), step=self.progress.env_steps(),
                                    elapsed_s=self.progress.elapsed)
             self._note_recovery(report)
+        return True
 
     def _take_file_chunk(self, report: m.Report) -> None:
         """A file a component ships in chunks (the learner's checkpoint when it runs on

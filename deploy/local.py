@@ -141,7 +141,8 @@ class LocalLauncher(Launcher):
                 self.say(f"{child.name} did not stop within {SHUTDOWN_GRACE_S:g} s; killing it")
                 child.process.kill()
                 child.process.join(1.0)
-        self._drain_telemetry(0.1)
+        while self._drain_telemetry(0.1):  # every report, the final counts included
+            pass
 
     def _terminate(self, targets: list[Child], until: float, wait_for: list[Child]) -> None:
         """SIGTERM `targets`, then wait (reading reports) until `wait_for` exited or `until`."""

@@ -235,7 +235,8 @@ class RayLauncher(Launcher):
         self._stop_and_wait([h for h in (replay, learner) if h is not None], deadline)
         for hosted in self.hosts.values():
             ray.kill(hosted.handle, no_restart=True)
-        self._drain_telemetry(0.2)
+        while self._drain_telemetry(0.2):  # every report, the final counts included
+            pass
         if self._owns_ray:
             ray.shutdown()
 

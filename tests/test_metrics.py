@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.metrics import EPISODES_HEADER, METRICS, Episode, MetricsWriter, read_jsonl
+from common.metrics import EPISODE_RECORDS_PER_CALL, EPISODES_HEADER, METRICS, Episode, MetricsWriter, read_jsonl
 from common.plotting import moving_average
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +60,15 @@ def test_moving_average_is_the_trailing_mean_of_up_to_100(n):
     values = np.random.default_rng(n).normal(size=n)
     expected = [values[max(0, i - 99):i + 1].mean() for i in range(n)]
     np.testing.assert_allclose(moving_average(values), expected)
+
+
+def test_many_episodes_in_one_tick_all_reach_the_csv_and_an_even_subset_gets_records(tmp_path):
+    w = MetricsWriter(run_dir=tmp_path, tensorboard=False)
+    n = 3 * EPISODE_RECORDS_PER_CALL + 7
+    w.episodes(Episode(1.0, 10 * i, i % 4, float(i), 10) for i in range(n))
+    w.close()
+    assert len((tmp_path / "episodes.csv").read_text().splitlines()) == n + 1
+    returns = [r["train/episode_return"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert len(returns) == EPISODE_RECORDS_PER_CALL and returns[0] == 0 and returns[-1] == n - 1
+    gaps = np.diff(returns)
+    assert gaps.min() >= 3 and gaps.max() <= 4  # evenly spaced over the whole tick
