@@ -29,7 +29,7 @@ EPISODE_RECORDS_PER_CALL = 250
 METRICS = {
     "step": "env steps (all actors) when the record was written: the TensorBoard step axis",
     "time/elapsed_s": "seconds since the run started",
-    "train/episode_return": "return of one finished training episode (one record per episode)",
+    "train/episode_return": "return of one finished training episode (one record per episode, up to 250 per status tick; `episodes.csv` has them all)",
     "train/episode_length": "length of that episode in env steps",
     "train/episodes": "training episodes finished so far",
     "train/return_mean100": "mean return of the last 100 training episodes",
