@@ -29,12 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         mod = importlib.import_module(module)
         mod.add_arguments(p)
-        p.set_defaults(run=mod.run)
+        p.set_defaults(run=mod.run, usage_parser=p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # name the subcommand, with its own usage line, not just `qfleet`
+        args.usage_parser.error(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
     try:
         return int(args.run(args) or 0)
     except QfleetError as exc:

@@ -27,7 +27,10 @@ def test_each_subcommand_has_help(qfleet_cmd, name):
 def test_unknown_flag_is_a_clear_error(qfleet_cmd):
     out = run(qfleet_cmd, "replay-server", "--no-such-flag")
     assert out.returncode == 2
-    assert "unrecognized arguments: --no-such-flag" in out.stderr
+    assert "qfleet replay-server: error: unrecognized arguments: --no-such-flag" in out.stderr
+    out = run(qfleet_cmd, "bench", "solve", "--seedz", "3")
+    assert out.returncode == 2 and "usage: qfleet bench solve" in out.stderr
+    assert "qfleet bench solve: error: unrecognized arguments: --seedz 3" in out.stderr
 
 
 def test_unknown_command_is_a_clear_error(qfleet_cmd):

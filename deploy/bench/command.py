@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         mod = importlib.import_module(module)
         mod.add_arguments(bp)
-        bp.set_defaults(bench_run=mod.run)
+        bp.set_defaults(bench_run=mod.run, usage_parser=bp)
 
 
 def run(args: argparse.Namespace) -> int:
