@@ -107,6 +107,11 @@ class Launcher:
             self._note_recovery(report)
         return True
 
+    def _drain_all_telemetry(self, timeout_s: float) -> None:
+        """After the components stopped: every report still waiting, final counts included."""
+        while self._drain_telemetry(timeout_s):
+            pass
+
     def _take_file_chunk(self, report: m.Report) -> None:
         """A file a component ships in chunks (the learner's checkpoint when it runs on
         another machine): written to <name>.part, renamed when complete."""

@@ -141,8 +141,7 @@ class LocalLauncher(Launcher):
                 self.say(f"{child.name} did not stop within {SHUTDOWN_GRACE_S:g} s; killing it")
                 child.process.kill()
                 child.process.join(1.0)
-        while self._drain_telemetry(0.1):  # every report, the final counts included
-            pass
+        self._drain_all_telemetry(0.1)
 
     def _terminate(self, targets: list[Child], until: float, wait_for: list[Child]) -> None:
         """SIGTERM `targets`, then wait (reading reports) until `wait_for` exited or `until`."""

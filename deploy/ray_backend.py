@@ -235,8 +235,7 @@ class RayLauncher(Launcher):
         self._stop_and_wait([h for h in (replay, learner) if h is not None], deadline)
         for hosted in self.hosts.values():
             ray.kill(hosted.handle, no_restart=True)
-        while self._drain_telemetry(0.2):  # every report, the final counts included
-            pass
+        self._drain_all_telemetry(0.2)
         if self._owns_ray:
             ray.shutdown()
 

@@ -1,8 +1,10 @@
 """Shared fixtures: small CartPole-shaped transition batches and a replay server subprocess."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -39,3 +41,27 @@ def python_env() -> dict:
 def qfleet_cmd():
     """argv prefix that runs the qfleet CLI of this checkout."""
     return [sys.executable, "-m", "deploy.cli"]
+
+
+@contextlib.contextmanager
+def replay_server_in_thread(**server_kwargs):
+    """A real ReplayServer over a small prioritized CartPole-shaped table (capacity 256, no
+    rate limiting), serving from a thread of this process; closed on exit."""
+    from replay_server.rate_limiter import RateLimiter
+    from replay_server.server import ReplayServer
+    from replay_server.table import Table
+
+    limiter = RateLimiter(min_size_to_sample=1, samples_per_insert=0.0, error_buffer=0.0,
+                          max_insert_batch=64, max_sample_batch=64)
+    table = Table(capacity=256, obs_shape=OBS_SHAPE, obs_dtype=np.float32, num_actions=2, prioritized=True,
+                  alpha=0.6, limiter=limiter)
+    srv = ReplayServer(table=table, max_sample_batch=64, **server_kwargs)
+    stop = threading.Event()
+    thread = threading.Thread(target=srv.serve, args=(stop.is_set, 0.01), daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        stop.set()
+        thread.join(5)
+        srv.close()

@@ -2,7 +2,6 @@
 server's insert and request sockets, and an actor's weight subscription. At least 10,000
 malformed messages each: no crash, every one rejected and counted, stored data intact,
 and a well-formed message right after still works."""
-import threading
 import time
 
 import numpy as np
@@ -16,10 +15,7 @@ from common import messages as m
 from common.netspec import NetSpec, param_shapes
 from common.sockets import bind, make_socket
 from replay_server.client import ReplayClient
-from replay_server.rate_limiter import RateLimiter
-from replay_server.server import ReplayServer
-from replay_server.table import Table
-from tests.conftest import make_batch
+from tests.conftest import make_batch, replay_server_in_thread
 from tests.fuzz_messages import defective, wire
 
 CASES = 10_000
@@ -31,25 +27,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def server():
-    limiter = RateLimiter(min_size_to_sample=1, samples_per_insert=0.0, error_buffer=0.0,
-                          max_insert_batch=64, max_sample_batch=64)
-    table = Table(capacity=256, obs_shape=(4,), obs_dtype=np.float32, num_actions=2, prioritized=True,
-                  alpha=0.6, limiter=limiter)
-    srv = ReplayServer(table=table, max_message_bytes=MAX_BYTES, max_sample_batch=64, max_insert_batch=64,
-                       insert_hwm=100_000)
-    stop = threading.Event()
-    thread = threading.Thread(target=srv.serve, args=(stop.is_set, 0.01), daemon=True)
-    thread.start()
-    client = ReplayClient(obs_shape=(4,), obs_dtype=np.float32, insert_endpoint=srv.insert_endpoint,
-                          request_endpoint=srv.request_endpoint, timeout=10)
-    client.insert(make_batch(50, seed=1))
-    client.insert(make_batch(50, seed=2, seq=1))
-    wait(lambda: client.stats()["stored"] == 100)
-    yield srv, client
-    stop.set()
-    thread.join(5)
-    client.close()
-    srv.close()
+    with replay_server_in_thread(max_message_bytes=MAX_BYTES, max_insert_batch=64, insert_hwm=100_000) as srv:
+        client = ReplayClient(obs_shape=(4,), obs_dtype=np.float32, insert_endpoint=srv.insert_endpoint,
+                              request_endpoint=srv.request_endpoint, timeout=10)
+        client.insert(make_batch(50, seed=1))
+        client.insert(make_batch(50, seed=2, seq=1))
+        wait(lambda: client.stats()["stored"] == 100)
+        yield srv, client
+        client.close()
 
 
 def wait(predicate, timeout=60.0):

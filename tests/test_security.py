@@ -1,6 +1,5 @@
 """CURVE on every socket: a client without the run's keys cannot insert, sample or
 subscribe, and the run's own clients are unaffected."""
-import threading
 import time
 
 import numpy as np
@@ -14,10 +13,7 @@ from common.sockets import CurveKeys
 from actors.weights import WeightSubscriber
 from learner.publisher import WeightPublisher
 from replay_server.client import ReplayClient
-from replay_server.rate_limiter import RateLimiter
-from replay_server.server import ReplayServer
-from replay_server.table import Table
-from tests.conftest import make_batch
+from tests.conftest import make_batch, replay_server_in_thread
 
 RUN = CurveKeys.generate()
 OTHER_RUN = CurveKeys.generate()
@@ -27,18 +23,8 @@ STRANGER = RUN._replace(client_public=OTHER_RUN.client_public, client_secret=OTH
 
 @pytest.fixture
 def secure_server():
-    limiter = RateLimiter(min_size_to_sample=1, samples_per_insert=0.0, error_buffer=0.0,
-                          max_insert_batch=64, max_sample_batch=64)
-    table = Table(capacity=256, obs_shape=(4,), obs_dtype=np.float32, num_actions=2, prioritized=True,
-                  alpha=0.6, limiter=limiter)
-    srv = ReplayServer(table=table, host="0.0.0.0", max_message_bytes=1 << 20, max_sample_batch=64, keys=RUN)
-    stop = threading.Event()
-    thread = threading.Thread(target=srv.serve, args=(stop.is_set, 0.01), daemon=True)
-    thread.start()
-    yield srv
-    stop.set()
-    thread.join(5)
-    srv.close()
+    with replay_server_in_thread(host="0.0.0.0", max_message_bytes=1 << 20, keys=RUN) as srv:
+        yield srv
 
 
 def client(srv, keys):
