@@ -11,16 +11,16 @@ from typing import Callable, Optional
 import numpy as np
 import zmq
 
-from actors.exploration import EpsilonSchedule
-from actors.nstep import NStepAdder
-from actors.weights import WeightSubscriber
-from common import messages as m
-from common.config import ActorConfig
-from common.envs import EnvSpec, make_vec_env
-from common.errors import QfleetTimeout
-from common.netspec import NetSpec, epsilon_greedy, make_policy
-from common.telemetry import Telemetry
-from replay_server.client import ReplayClient
+from qfleet.actors.exploration import EpsilonSchedule
+from qfleet.actors.nstep import NStepAdder
+from qfleet.actors.weights import WeightSubscriber
+from qfleet.common import messages as m
+from qfleet.common.config import ActorConfig
+from qfleet.common.envs import EnvSpec, make_vec_env
+from qfleet.common.errors import QfleetTimeout
+from qfleet.common.netspec import NetSpec, epsilon_greedy, make_policy
+from qfleet.common.telemetry import Telemetry
+from qfleet.replay_server.client import ReplayClient
 
 FIELDS = ("obs", "action", "reward", "next_obs", "discount")
 FINAL_FLUSH_S = 1.0  # at stop, how long pending transitions may wait for the replay server

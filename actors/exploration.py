@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from common.config import ActorConfig
+from qfleet.common.config import ActorConfig
 
 
 def apex_epsilons(actor_index: int, num_actors: int, envs_per_actor: int, base: float, alpha: float) -> np.ndarray:

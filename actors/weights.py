@@ -11,11 +11,11 @@ from typing import Optional
 
 import zmq
 
-from common import messages as m
-from common.codec import decode
-from common.errors import CodecError
-from common.netspec import NetSpec, param_shapes
-from common.sockets import CurveKeys, make_socket
+from qfleet.common import messages as m
+from qfleet.common.codec import decode
+from qfleet.common.errors import CodecError
+from qfleet.common.netspec import NetSpec, param_shapes
+from qfleet.common.sockets import CurveKeys, make_socket
 
 MAX_DRAIN = 64  # messages read per poll; the SUB high-water mark keeps fewer than this waiting
 

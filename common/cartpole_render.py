@@ -21,7 +21,7 @@ import math
 import numba
 import numpy as np
 
-from common.pixels import PRECISION_BITS, Crop, box_taps, luma
+from qfleet.common.pixels import PRECISION_BITS, Crop, box_taps, luma
 
 WHITE, BLACK = 255, 0
 POLE_GREY = luma((202, 152, 101))

@@ -17,7 +17,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import msgpack
 import numpy as np
 
-from common.errors import CodecError
+from qfleet.common.errors import CodecError
 
 MAX_HEADER_BYTES = 64 * 1024
 BATCH = "B"  # marks the leading dimension that all batched arrays of a message share

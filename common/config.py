@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.settings import setting
+from qfleet.common.settings import setting
 
 EPSILON_SCHEDULES = ("apex", "linear", "exponential", "per_episode")
 

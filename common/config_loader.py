@@ -17,9 +17,9 @@ from typing import Any, Iterable
 
 import yaml
 
-from common.config import SECTIONS, QfleetConfig
-from common.errors import ConfigError
-from common.settings import check_field
+from qfleet.common.config import SECTIONS, QfleetConfig
+from qfleet.common.errors import ConfigError
+from qfleet.common.settings import check_field
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> QfleetConfig:

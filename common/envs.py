@@ -21,8 +21,8 @@ from typing import NamedTuple, Optional
 import gymnasium as gym
 import numpy as np
 
-from common.config import PixelConfig, QfleetConfig
-from common.errors import EnvironmentSpecError
+from qfleet.common.config import PixelConfig, QfleetConfig
+from qfleet.common.errors import EnvironmentSpecError
 
 
 class EnvSpec(NamedTuple):
@@ -110,8 +110,8 @@ def _describe(env: str) -> EnvSpec:
 
 def _check_pixels(env: str, pixels: PixelConfig) -> None:
     """Refuse, before anything starts, pixel settings this environment cannot produce."""
-    from common.pixel_env import choose_renderer, default_crop
-    from common.pixels import crop_pixels
+    from qfleet.common.pixel_env import choose_renderer, default_crop
+    from qfleet.common.pixels import crop_pixels
 
     env_id = resolve_env_id(env)
     if choose_renderer(env_id, pixels.renderer) == "fast":
@@ -140,7 +140,7 @@ def make_vec_env(env: str, num_envs: int, pixels: Optional[PixelConfig] = None,
     observations are stacked frames (`common.pixel_env`)."""
     env_id = resolve_env_id(env)
     if pixels is not None:
-        from common.pixel_env import PixelObservations, choose_renderer  # numba, Pillow: pixel runs only
+        from qfleet.common.pixel_env import PixelObservations, choose_renderer  # numba, Pillow: pixel runs only
 
         renderer = choose_renderer(env_id, pixels.renderer)
         frames = renderer == "stock" or render_mode is not None  # also for recording what it plays

@@ -49,5 +49,5 @@ class RunDirError(QfleetError):
 
 
 class ClusterTestError(QfleetError):
-    """The on-premises cluster test (`python -m deploy.netns_cluster`) found its hosts, the
+    """The on-premises cluster test (`python -m qfleet.deploy.netns_cluster`) found its hosts, the
     Ray cluster or a training run not as expected; the message names what and where."""

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from common.codec import BATCH, ArraySpec, Message, MessageSchema, decode, encode
+from qfleet.common.codec import BATCH, ArraySpec, Message, MessageSchema, decode, encode
 
 INSERT, SAMPLE, SAMPLE_BATCH, PRIORITIES = "insert", "sample", "sample_batch", "priorities"
 STATS, SNAPSHOT, STATS_REPLY, ERROR = "stats", "snapshot", "stats_reply", "error"

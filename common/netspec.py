@@ -105,7 +105,7 @@ def make_policy(spec: NetSpec):
     on the CPU for CNNs."""
     if spec.kind == "mlp":
         return NumpyQNet(spec)
-    from common.networks import TorchQPolicy
+    from qfleet.common.networks import TorchQPolicy
 
     return TorchQPolicy(spec)
 

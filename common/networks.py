@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.netspec import CONV_LAYERS, NetSpec, conv_output_shape
+from qfleet.common.netspec import CONV_LAYERS, NetSpec, conv_output_shape
 
 PIXEL_SCALE = 1.0 / 255.0
 

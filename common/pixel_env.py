@@ -20,9 +20,9 @@ from typing import Any, Optional
 import gymnasium as gym
 import numpy as np
 
-from common.config import PixelConfig
-from common.errors import EnvironmentSpecError
-from common.pixels import Crop, FrameStack, crop_pixels, preprocess_frames
+from qfleet.common.config import PixelConfig
+from qfleet.common.errors import EnvironmentSpecError
+from qfleet.common.pixels import Crop, FrameStack, crop_pixels, preprocess_frames
 
 CARTPOLE_ENTRY_POINT = "gymnasium.envs.classic_control.cartpole:CartPoleEnv"
 
@@ -45,7 +45,7 @@ def default_crop(env_id: str, cfg: PixelConfig) -> tuple[float, ...]:
     if cfg.crop:
         return tuple(cfg.crop)
     if is_cartpole(env_id):
-        from common.cartpole_render import CARTPOLE_CROP
+        from qfleet.common.cartpole_render import CARTPOLE_CROP
 
         return CARTPOLE_CROP
     return (0.0, 1.0, 0.0, 1.0)
@@ -61,7 +61,7 @@ class PixelObservations(gym.vector.VectorWrapper):
         self._crop: Optional[Crop] = None
         self._fast = None
         if renderer == "fast":
-            from common.cartpole_render import CartPoleRenderer  # numba: only for pixel runs
+            from qfleet.common.cartpole_render import CartPoleRenderer  # numba: only for pixel runs
 
             base = env.unwrapped
             height, width = getattr(base, "screen_height", 400), getattr(base, "screen_width", 600)

@@ -22,7 +22,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from common.errors import ConfigError
+from qfleet.common.errors import ConfigError
 
 PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit resampling (32 - 8 - 2)
 

@@ -14,8 +14,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from common.errors import RunDirError
-from common.metrics import read_jsonl
+from qfleet.common.errors import RunDirError
+from qfleet.common.metrics import read_jsonl
 
 X_AXES = {"steps": "env steps", "episodes": "training episodes", "seconds": "seconds"}
 AVERAGE_OVER = 100

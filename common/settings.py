@@ -13,7 +13,7 @@ import math
 import textwrap
 from typing import Any
 
-from common.errors import ConfigError
+from qfleet.common.errors import ConfigError
 
 
 def setting(default: Any, *, ge: float | None = None, gt: float | None = None,

@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import zmq
 
-from common.errors import QfleetTimeout
+from qfleet.common.errors import QfleetTimeout
 
 DEFAULT_HWM = 64
 LINGER_MS = 200        # long enough to flush a last message, short enough to exit promptly

@@ -12,8 +12,8 @@ from typing import Optional
 import numpy as np
 import zmq
 
-from common import messages as m
-from common.sockets import CurveKeys, make_socket, send_frames, send_nowait
+from qfleet.common import messages as m
+from qfleet.common.sockets import CurveKeys, make_socket, send_frames, send_nowait
 
 
 class Telemetry:

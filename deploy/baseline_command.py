@@ -11,14 +11,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from common.config import BASELINE_SECTIONS, BaselineRunConfig
-from common.config_loader import load_sections, save_config
-from common.envs import EnvSpec, describe_env
-from common.metrics import Episode, MetricsWriter
-from deploy.eval_command import add_gif_options, write_gif
-from deploy.processes import StopFlag
-from deploy.progress import Progress
-from learner.evaluation import evaluate
+from qfleet.common.config import BASELINE_SECTIONS, BaselineRunConfig
+from qfleet.common.config_loader import load_sections, save_config
+from qfleet.common.envs import EnvSpec, describe_env
+from qfleet.common.metrics import Episode, MetricsWriter
+from qfleet.deploy.eval_command import add_gif_options, write_gif
+from qfleet.deploy.processes import StopFlag
+from qfleet.deploy.progress import Progress
+from qfleet.learner.evaluation import evaluate
 
 METHODS = {"random-search": "random_search", "reinforce": "reinforce"}  # method -> its config section
 FLAGS = {"env": "baseline.env", "seed": "baseline.seed", "max_seconds": "baseline.max_seconds",
@@ -45,9 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def make_learner(method: str, parts: dict, env: EnvSpec, seed: int):
     if method == "random-search":
-        from learner.baselines.random_search import RandomSearch
+        from qfleet.learner.baselines.random_search import RandomSearch
         return RandomSearch(cfg=parts["random_search"], env=env, seed=seed)
-    from learner.baselines.reinforce import Reinforce
+    from qfleet.learner.baselines.reinforce import Reinforce
     return Reinforce(cfg=parts["reinforce"], env=env, seed=seed)
 
 
@@ -147,9 +147,9 @@ class BaselineRun:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deploy.launcher import write_summary
-    from deploy.plot_command import plot_run_dir
-    from deploy.train_command import make_run_dir
+    from qfleet.deploy.launcher import write_summary
+    from qfleet.deploy.plot_command import plot_run_dir
+    from qfleet.deploy.train_command import make_run_dir
 
     stop = StopFlag()
     overrides = [f"{field}={getattr(args, flag)}" for flag, field in FLAGS.items() if getattr(args, flag) is not None]

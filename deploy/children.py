@@ -12,9 +12,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Optional
 
-from common.config import QfleetConfig
-from common.envs import EnvSpec
-from deploy.components import Placement, Start, Wiring, actor_main, learner_main, replay_main
+from qfleet.common.config import QfleetConfig
+from qfleet.common.envs import EnvSpec
+from qfleet.deploy.components import Placement, Start, Wiring, actor_main, learner_main, replay_main
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 

@@ -6,18 +6,18 @@ import argparse
 import importlib
 import sys
 
-from common.errors import QfleetError
+from qfleet.common.errors import QfleetError
 
 # subcommand -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
-    "train": ("deploy.train_command", "train a DQN agent: replay server, learner and actors (local mode by default)"),
-    "replay-server": ("deploy.replay_process", "run one replay server on its own (manual and cluster deployments)"),
-    "eval": ("deploy.eval_command", "evaluate a checkpoint greedily (mean, std, min, max); --gif records it playing"),
-    "plot": ("deploy.plot_command", "plot learning curves and throughput of one or more run directories as a PNG"),
-    "baseline": ("deploy.baseline_command", "train a baseline (random search, REINFORCE) that writes the same metrics"),
-    "config": ("deploy.config_command", "show the default or resolved configuration with every field's meaning"),
-    "bench": ("deploy.bench.command", "benchmarks that write their numbers to JSON and a table"),
-    "cluster-config": ("deploy.cluster_command", "render the on-premises cluster config for `ray up`"),
+    "train": ("qfleet.deploy.train_command", "train a DQN agent: replay server, learner and actors (local mode by default)"),
+    "replay-server": ("qfleet.deploy.replay_process", "run one replay server on its own (manual and cluster deployments)"),
+    "eval": ("qfleet.deploy.eval_command", "evaluate a checkpoint greedily (mean, std, min, max); --gif records it playing"),
+    "plot": ("qfleet.deploy.plot_command", "plot learning curves and throughput of one or more run directories as a PNG"),
+    "baseline": ("qfleet.deploy.baseline_command", "train a baseline (random search, REINFORCE) that writes the same metrics"),
+    "config": ("qfleet.deploy.config_command", "show the default or resolved configuration with every field's meaning"),
+    "bench": ("qfleet.deploy.bench.command", "benchmarks that write their numbers to JSON and a table"),
+    "cluster-config": ("qfleet.deploy.cluster_command", "render the on-premises cluster config for `ray up`"),
 }
 
 

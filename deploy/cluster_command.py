@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from common.errors import ConfigError
+from qfleet.common.errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

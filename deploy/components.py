@@ -24,14 +24,14 @@ from typing import Callable, Optional
 
 import zmq
 
-from common.config import QfleetConfig
-from common.config_loader import config_to_dict
-from common.envs import EnvSpec
-from common.errors import QfleetError
-from common.netspec import NetSpec
-from common.sockets import CurveKeys
-from common.telemetry import Telemetry
-from deploy.processes import StopFlag, setup_logging
+from qfleet.common.config import QfleetConfig
+from qfleet.common.config_loader import config_to_dict
+from qfleet.common.envs import EnvSpec
+from qfleet.common.errors import QfleetError
+from qfleet.common.netspec import NetSpec
+from qfleet.common.sockets import CurveKeys
+from qfleet.common.telemetry import Telemetry
+from qfleet.deploy.processes import StopFlag, setup_logging
 
 log = logging.getLogger("qfleet")
 WIRING_TIMEOUT_S = 120.0
@@ -145,7 +145,7 @@ def run_replay(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, 
                telemetry: Telemetry, stopping: Optional[threading.Event] = None) -> None:
     """`stopping` is set when the run begins to stop: from then on every insert is stored
     (the rate limiter would hold the actors' last pushes while the learner stops sampling)."""
-    from replay_server.build import build_replay_server
+    from qfleet.replay_server.build import build_replay_server
 
     insert_port, request_port = start.ports or (0, 0)
     server = build_replay_server(cfg.replay, env, max_sample_batch=cfg.learner.batch_size * cfg.learner.batches_per_request,
@@ -173,11 +173,11 @@ def run_replay(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, 
 def run_learner(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, stop: StopFlag,
                 telemetry: Telemetry, control: Control, solved_threshold: Optional[float],
                 on_checkpoint: Callable[[Path], None] = lambda path: None) -> None:
-    from learner.backend import resolve_device
-    from learner.checkpoint import load_checkpoint
-    from learner.learner import Learner
-    from learner.publisher import WeightPublisher
-    from replay_server.client import ReplayClient
+    from qfleet.learner.backend import resolve_device
+    from qfleet.learner.checkpoint import load_checkpoint
+    from qfleet.learner.learner import Learner
+    from qfleet.learner.publisher import WeightPublisher
+    from qfleet.replay_server.client import ReplayClient
 
     spec = net_spec(cfg, env)
     publisher = WeightPublisher(spec=spec, host=place.host, port=start.ports[0] if start.ports else 0,
@@ -206,9 +206,9 @@ def run_learner(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start,
 
 def run_actor(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, stop: StopFlag,
               telemetry: Telemetry, control: Control, index: int) -> None:
-    from actors.actor import Actor
-    from actors.weights import WeightSubscriber
-    from replay_server.client import ReplayClient
+    from qfleet.actors.actor import Actor
+    from qfleet.actors.weights import WeightSubscriber
+    from qfleet.replay_server.client import ReplayClient
 
     wiring = control.wait_wiring(stop)
     if wiring is None:

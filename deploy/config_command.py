@@ -6,9 +6,9 @@ import dataclasses
 
 import yaml
 
-from common.config import BASELINE_SECTIONS, SECTIONS
-from common.config_loader import config_to_dict, load_config, load_sections
-from common.settings import describe_rule, field_docs
+from qfleet.common.config import BASELINE_SECTIONS, SECTIONS
+from qfleet.common.config_loader import config_to_dict, load_config, load_sections
+from qfleet.common.settings import describe_rule, field_docs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

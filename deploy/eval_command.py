@@ -11,8 +11,8 @@ from typing import Callable
 
 import numpy as np
 
-from common.envs import EnvSpec, describe_env
-from common.errors import CheckpointError, ConfigError
+from qfleet.common.envs import EnvSpec, describe_env
+from qfleet.common.errors import CheckpointError, ConfigError
 
 
 def add_gif_options(p: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def add_gif_options(p: argparse.ArgumentParser) -> None:
 def write_gif(policy: Callable[[np.ndarray], np.ndarray], env: EnvSpec, path: str | Path,
               args: argparse.Namespace, seed: int) -> str:
     """Record the GIF that the --gif options describe; returns a line saying what was written."""
-    from learner.recording import record_gif
+    from qfleet.learner.recording import record_gif
 
     if min(args.gif_episodes, args.gif_max_frames, args.gif_width) < 1:
         raise ConfigError("--gif-episodes, --gif-max-frames and --gif-width must be at least 1")
@@ -49,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from learner.checkpoint import load_policy
-    from learner.evaluation import evaluate, greedy_policy
+    from qfleet.learner.checkpoint import load_policy
+    from qfleet.learner.evaluation import evaluate, greedy_policy
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes {args.episodes}: evaluate at least 1 episode")

@@ -14,16 +14,16 @@ from typing import Callable, Optional
 
 import zmq
 
-from common import messages as m
-from common.codec import decode
-from common.config import QfleetConfig
-from common.envs import EnvSpec
-from common.errors import CodecError, QfleetTimeout
-from common.metrics import MetricsWriter
-from common.sockets import CurveKeys, bind, make_socket
-from deploy.processes import StopFlag
-from deploy.progress import Progress
-from replay_server.client import ReplayClient
+from qfleet.common import messages as m
+from qfleet.common.codec import decode
+from qfleet.common.config import QfleetConfig
+from qfleet.common.envs import EnvSpec
+from qfleet.common.errors import CodecError, QfleetTimeout
+from qfleet.common.metrics import MetricsWriter
+from qfleet.common.sockets import CurveKeys, bind, make_socket
+from qfleet.deploy.processes import StopFlag
+from qfleet.deploy.progress import Progress
+from qfleet.replay_server.client import ReplayClient
 
 STARTUP_TIMEOUT_S = 120.0
 MAX_REPORTS_PER_DRAIN = 500

@@ -20,12 +20,12 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from common.config import QfleetConfig
-from common.envs import EnvSpec
-from deploy.children import Child, Children, port_of
-from deploy.components import STOPPING_SIGNAL, Placement, Start, Wiring, sent_file
-from deploy.launcher import SHUTDOWN_GRACE_S, Launcher
-from deploy.processes import StopFlag
+from qfleet.common.config import QfleetConfig
+from qfleet.common.envs import EnvSpec
+from qfleet.deploy.children import Child, Children, port_of
+from qfleet.deploy.components import STOPPING_SIGNAL, Placement, Start, Wiring, sent_file
+from qfleet.deploy.launcher import SHUTDOWN_GRACE_S, Launcher
+from qfleet.deploy.processes import StopFlag
 
 
 class LocalLauncher(Launcher):

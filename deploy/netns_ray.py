@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from common.errors import ClusterTestError
-from deploy.cluster_command import render_onprem
-from deploy.netns_hosts import PREFIX, Hosts
+from qfleet.common.errors import ClusterTestError
+from qfleet.deploy.cluster_command import render_onprem
+from qfleet.deploy.netns_hosts import PREFIX, Hosts
 
 CLUSTER_NAME = f"{PREFIX}-onprem"
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def node_env(workdir: Path, home: Path) -> Path:
     (site / "_qfnc_base.pth").write_text(f"import site; site.addsitedir({base_site!r})\n")
     (site / "_qfnc_qfleet.pth").write_text(f"{home / 'qfleet'}\n")
     python = env / "bin" / "python"
-    scripts = {"ray": "from ray.scripts.scripts import main", "qfleet": "from deploy.cli import main"}
+    scripts = {"ray": "from ray.scripts.scripts import main", "qfleet": "from qfleet.deploy.cli import main"}
     for name, line in scripts.items():
         path = env / "bin" / name
         path.write_text(f"#!{python}\nimport sys\n{line}\nsys.exit(main())\n")

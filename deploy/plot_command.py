@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.errors import ConfigError, QfleetError
-from common.plotting import X_AXES, load_run, plot_runs
+from qfleet.common.errors import ConfigError, QfleetError
+from qfleet.common.plotting import X_AXES, load_run, plot_runs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,8 +8,8 @@ from typing import Optional
 
 import numpy as np
 
-from common import messages as m
-from common.metrics import Episode
+from qfleet.common import messages as m
+from qfleet.common.metrics import Episode
 
 
 class Progress:

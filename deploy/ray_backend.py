@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from common.config import QfleetConfig
-from common.envs import EnvSpec
-from common.sockets import CurveKeys
-from deploy.components import Placement, Start, Wiring
-from deploy.launcher import SHUTDOWN_GRACE_S, Launcher
-from deploy.processes import StopFlag
+from qfleet.common.config import QfleetConfig
+from qfleet.common.envs import EnvSpec
+from qfleet.common.sockets import CurveKeys
+from qfleet.deploy.components import Placement, Start, Wiring
+from qfleet.deploy.launcher import SHUTDOWN_GRACE_S, Launcher
+from qfleet.deploy.processes import StopFlag
 
 
 @dataclass
@@ -108,7 +108,7 @@ class RayLauncher(Launcher):
     def _create(self, role: str, index: int = 0) -> Hosted:
         import ray
 
-        from deploy.ray_host import ComponentHost
+        from qfleet.deploy.ray_host import ComponentHost
 
         cls = ray.remote(ComponentHost).options(**self._options(role), name=None)
         start = Start(schedule=None)

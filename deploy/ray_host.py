@@ -17,11 +17,11 @@ import threading
 from dataclasses import replace
 from typing import Optional
 
-from common.config import QfleetConfig
-from common.envs import EnvSpec
-from common.telemetry import Telemetry
-from deploy.components import Control, Placement, Start, Wiring, report_crash, run_actor, run_learner, run_replay
-from deploy.processes import StopFlag, setup_logging
+from qfleet.common.config import QfleetConfig
+from qfleet.common.envs import EnvSpec
+from qfleet.common.telemetry import Telemetry
+from qfleet.deploy.components import Control, Placement, Start, Wiring, report_crash, run_actor, run_learner, run_replay
+from qfleet.deploy.processes import StopFlag, setup_logging
 
 
 class ComponentHost:

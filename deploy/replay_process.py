@@ -5,10 +5,10 @@ import argparse
 import json
 import logging
 
-from common.config_loader import load_config
-from common.envs import describe_run_env
-from deploy.processes import StopFlag, setup_logging
-from replay_server.build import build_replay_server
+from qfleet.common.config_loader import load_config
+from qfleet.common.envs import describe_run_env
+from qfleet.deploy.processes import StopFlag, setup_logging
+from qfleet.replay_server.build import build_replay_server
 
 log = logging.getLogger("qfleet.replay")
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import psutil
 
-from common.config import QfleetConfig
-from common.config_loader import load_config, save_config
-from common.envs import EnvSpec, describe_env, describe_run_env
-from common.errors import ConfigError
-from deploy.eval_command import add_gif_options
-from deploy.processes import StopFlag
-from replay_server.build import effective_error_buffer
-from replay_server.rate_limiter import RateLimiter
-from replay_server.storage import transition_dtype
+from qfleet.common.config import QfleetConfig
+from qfleet.common.config_loader import load_config, save_config
+from qfleet.common.envs import EnvSpec, describe_env, describe_run_env
+from qfleet.common.errors import ConfigError
+from qfleet.deploy.eval_command import add_gif_options
+from qfleet.deploy.processes import StopFlag
+from qfleet.replay_server.build import effective_error_buffer
+from qfleet.replay_server.rate_limiter import RateLimiter
+from qfleet.replay_server.storage import transition_dtype
 
 FLAGS = {  # flag -> config field it sets
     "env": "run.env", "actors": "run.actors", "envs_per_actor": "actor.envs_per_actor", "seed": "run.seed",
@@ -111,10 +111,10 @@ def make_run_dir(root: str, name: str, label: str) -> Path:
 def check_resume(run_dir: Path, cfg: QfleetConfig, env: EnvSpec) -> dict:
     """The checkpoint's run state, after checking the checkpoint and the newest replay
     snapshot fit this config (CheckpointError naming what differs)."""
-    from deploy.components import net_spec
-    from learner.checkpoint import load_checkpoint
-    from learner.learner import check_compatible
-    from replay_server.snapshot import check_newest
+    from qfleet.deploy.components import net_spec
+    from qfleet.learner.checkpoint import load_checkpoint
+    from qfleet.learner.learner import check_compatible
+    from qfleet.replay_server.snapshot import check_newest
 
     _, meta = load_checkpoint(run_dir / "checkpoint.npz")
     check_compatible(meta, net_spec(cfg, env), env.env_id)
@@ -143,15 +143,15 @@ def run(args: argparse.Namespace) -> int:
               f"grey frames (uint8); replay stores {per_item:,} bytes per transition, "
               f"{per_item * cfg.replay.capacity / 2**20:,.0f} MiB at capacity {cfg.replay.capacity:,} "
               f"(deploy/configs/cartpole-pixels.yaml holds settings made for pixels)", flush=True)
-    from deploy.launcher import write_summary
+    from qfleet.deploy.launcher import write_summary
 
     say = lambda line: print(line, flush=True)  # noqa: E731
     if cfg.run.backend == "ray":
-        from deploy.ray_backend import RayLauncher
+        from qfleet.deploy.ray_backend import RayLauncher
 
         launcher = RayLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop, say=say)
     else:
-        from deploy.local import LocalLauncher
+        from qfleet.deploy.local import LocalLauncher
 
         launcher = LocalLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop, say=say,
                                  resume_state=resume_state)
@@ -171,16 +171,16 @@ def run(args: argparse.Namespace) -> int:
 
 def after_run(run_dir: Path, args: argparse.Namespace, seed: int) -> None:
     """The learning-curve plot and, with --gif, the agent's GIF (each skipped with a note if it cannot be made)."""
-    from common.errors import QfleetError
+    from qfleet.common.errors import QfleetError
 
     if not args.no_plot:
-        from deploy.plot_command import plot_run_dir
+        from qfleet.deploy.plot_command import plot_run_dir
 
         print("qfleet: " + plot_run_dir(run_dir), flush=True)
     if args.gif:
-        from deploy.eval_command import write_gif
-        from learner.checkpoint import load_policy
-        from learner.evaluation import greedy_policy
+        from qfleet.deploy.eval_command import write_gif
+        from qfleet.learner.checkpoint import load_policy
+        from qfleet.learner.evaluation import greedy_policy
 
         try:
             saved = load_policy(run_dir)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import shutil
 
-from common.config import LearnerConfig
-from common.errors import ConfigError
-from common.netspec import NetSpec
+from qfleet.common.config import LearnerConfig
+from qfleet.common.errors import ConfigError
+from qfleet.common.netspec import NetSpec
 
 
 def nvidia_gpu_present() -> bool:
@@ -43,16 +43,16 @@ def make_update(cfg: LearnerConfig, spec: NetSpec, device: str, seed: int):
     """The update object (`learner.update` describes its interface): NumpyDQN for MLPs on
     the CPU, TorchDQN for CNNs on the CPU, DeviceDQN (CUDA graphs, pipelined) on CUDA."""
     if resolve_backend(cfg, spec, device) == "numpy":
-        from learner.numpy_dqn import NumpyDQN
+        from qfleet.learner.numpy_dqn import NumpyDQN
 
         return NumpyDQN(cfg, spec, seed)
     import torch
 
     torch.set_num_threads(cfg.threads)
     if device == "cuda":
-        from learner.device_dqn import DeviceDQN
+        from qfleet.learner.device_dqn import DeviceDQN
 
         return DeviceDQN(cfg, spec, torch.device(device), seed)
-    from learner.torch_dqn import TorchDQN
+    from qfleet.learner.torch_dqn import TorchDQN
 
     return TorchDQN(cfg, spec, torch.device(device), seed)

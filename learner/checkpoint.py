@@ -14,9 +14,9 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from common.config import PixelConfig
-from common.errors import CheckpointError
-from common.netspec import NetSpec, param_shapes
+from qfleet.common.config import PixelConfig
+from qfleet.common.errors import CheckpointError
+from qfleet.common.netspec import NetSpec, param_shapes
 
 FORMAT = "qfleet-checkpoint"
 FORMAT_VERSION = 1

@@ -30,11 +30,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from common.config import LearnerConfig
-from common.errors import ConfigError
-from common.netspec import NetSpec
-from learner.staging import Staging
-from learner.torch_dqn import Batch, TorchDQN
+from qfleet.common.config import LearnerConfig
+from qfleet.common.errors import ConfigError
+from qfleet.common.netspec import NetSpec
+from qfleet.learner.staging import Staging
+from qfleet.learner.torch_dqn import Batch, TorchDQN
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (allocator, cuBLAS, Adam state)
 

@@ -16,9 +16,9 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from common.config import PixelConfig
-from common.envs import EnvSpec, make_vec_env
-from common.netspec import NetSpec, make_policy
+from qfleet.common.config import PixelConfig
+from qfleet.common.envs import EnvSpec, make_vec_env
+from qfleet.common.netspec import NetSpec, make_policy
 
 
 class EvalResult(NamedTuple):

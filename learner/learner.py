@@ -17,17 +17,17 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from common.config import LearnerConfig
-from common.envs import EnvSpec
-from common.errors import CheckpointError
-from common.netspec import NetSpec
-from common.telemetry import Telemetry
-from learner.backend import make_update, resolve_backend
-from learner.checkpoint import save_checkpoint
-from learner.evaluation import BackgroundEvaluator, EvalResult
-from learner.prefetch import Prefetcher
-from learner.publisher import WeightPublisher
-from replay_server.client import ReplayClient
+from qfleet.common.config import LearnerConfig
+from qfleet.common.envs import EnvSpec
+from qfleet.common.errors import CheckpointError
+from qfleet.common.netspec import NetSpec
+from qfleet.common.telemetry import Telemetry
+from qfleet.learner.backend import make_update, resolve_backend
+from qfleet.learner.checkpoint import save_checkpoint
+from qfleet.learner.evaluation import BackgroundEvaluator, EvalResult
+from qfleet.learner.prefetch import Prefetcher
+from qfleet.learner.publisher import WeightPublisher
+from qfleet.replay_server.client import ReplayClient
 
 log = logging.getLogger("qfleet.learner")
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.config import LearnerConfig
-from common.netspec import NetSpec, param_shapes
-from learner.update import SyncUpdate
+from qfleet.common.config import LearnerConfig
+from qfleet.common.netspec import NetSpec, param_shapes
+from qfleet.learner.update import SyncUpdate
 
 BETA1, BETA2 = 0.9, 0.999
 

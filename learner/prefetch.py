@@ -18,8 +18,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from common.errors import QfleetTimeout, RemoteError
-from replay_server.client import ReplayClient
+from qfleet.common.errors import QfleetTimeout, RemoteError
+from qfleet.replay_server.client import ReplayClient
 
 RETRYABLE = ("rate_limited", "busy")
 log = logging.getLogger("qfleet.learner")

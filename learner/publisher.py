@@ -12,9 +12,9 @@ from typing import Optional
 
 import zmq
 
-from common import messages as m
-from common.netspec import NetSpec, param_shapes
-from common.sockets import CurveKeys, bind, make_socket, send_nowait
+from qfleet.common import messages as m
+from qfleet.common.netspec import NetSpec, param_shapes
+from qfleet.common.sockets import CurveKeys, bind, make_socket, send_nowait
 
 
 class WeightPublisher:

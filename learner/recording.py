@@ -18,9 +18,9 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from common.envs import EnvSpec
-from common.errors import EnvironmentSpecError
-from learner.evaluation import EvalResult, evaluate
+from qfleet.common.envs import EnvSpec
+from qfleet.common.errors import EnvironmentSpecError
+from qfleet.learner.evaluation import EvalResult, evaluate
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders off-screen: no display needed
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.config import LearnerConfig
-from common.netspec import NetSpec
-from common.networks import build_qnetwork, params_to_numpy
-from learner.update import SyncUpdate
+from qfleet.common.config import LearnerConfig
+from qfleet.common.netspec import NetSpec
+from qfleet.common.networks import build_qnetwork, params_to_numpy
+from qfleet.learner.update import SyncUpdate
 
 
 class Batch(NamedTuple):

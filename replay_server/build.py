@@ -4,13 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from common.config import ReplayConfig
-from common.envs import EnvSpec
-from common.sockets import CurveKeys
-from replay_server.rate_limiter import RateLimiter
-from replay_server.server import ReplayServer
-from replay_server.snapshot import SnapshotStore
-from replay_server.table import Table
+from qfleet.common.config import ReplayConfig
+from qfleet.common.envs import EnvSpec
+from qfleet.common.sockets import CurveKeys
+from qfleet.replay_server.rate_limiter import RateLimiter
+from qfleet.replay_server.server import ReplayServer
+from qfleet.replay_server.snapshot import SnapshotStore
+from qfleet.replay_server.table import Table
 
 
 def build_replay_server(cfg: ReplayConfig, spec: EnvSpec, *, max_sample_batch: int, host: str = "127.0.0.1",

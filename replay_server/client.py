@@ -15,10 +15,10 @@ from typing import Optional, Sequence
 import numpy as np
 import zmq
 
-from common import messages as m
-from common.codec import decode
-from common.errors import CodecError, RemoteError
-from common.sockets import CurveKeys, make_socket, recv_frames, send_frames
+from qfleet.common import messages as m
+from qfleet.common.codec import decode
+from qfleet.common.errors import CodecError, RemoteError
+from qfleet.common.sockets import CurveKeys, make_socket, recv_frames, send_frames
 
 MAX_INBOX = 256  # replies kept for requests other than the one being waited for
 

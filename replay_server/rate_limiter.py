@@ -15,7 +15,7 @@ blocked and only the minimum size gates sampling.
 """
 from __future__ import annotations
 
-from common.errors import ConfigError
+from qfleet.common.errors import ConfigError
 
 
 class RateLimiter:

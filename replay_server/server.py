@@ -19,12 +19,12 @@ from typing import Callable, Optional
 
 import zmq
 
-from common import messages as m
-from common.codec import decode
-from common.errors import CodecError
-from common.sockets import CurveKeys, bind, make_socket, send_nowait
-from replay_server.snapshot import SnapshotStore
-from replay_server.table import Table
+from qfleet.common import messages as m
+from qfleet.common.codec import decode
+from qfleet.common.errors import CodecError
+from qfleet.common.sockets import CurveKeys, bind, make_socket, send_nowait
+from qfleet.replay_server.snapshot import SnapshotStore
+from qfleet.replay_server.table import Table
 
 log = logging.getLogger("qfleet.replay")
 

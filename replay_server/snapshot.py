@@ -15,8 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from common.errors import CheckpointError
-from replay_server.table import Table
+from qfleet.common.errors import CheckpointError
+from qfleet.replay_server.table import Table
 
 log = logging.getLogger("qfleet.replay")
 PATTERN = "replay-*.npz"

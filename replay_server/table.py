@@ -12,10 +12,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from common.errors import CodecError
-from replay_server.rate_limiter import RateLimiter
-from replay_server.storage import RingBuffer
-from replay_server.sum_tree import SumTree
+from qfleet.common.errors import CodecError
+from qfleet.replay_server.rate_limiter import RateLimiter
+from qfleet.replay_server.storage import RingBuffer
+from qfleet.replay_server.sum_tree import SumTree
 
 
 COUNTS = ("stored", "sampled", "priorities_applied", "priorities_stale")

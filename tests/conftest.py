@@ -14,7 +14,7 @@ OBS_SHAPE = (4,)
 
 def make_batch(n: int, seed: int = 0, actor_id: int = 0, seq: int = 0, obs_offset: float = 0.0):
     """A valid InsertBatch of n CartPole-shaped transitions."""
-    from common.messages import InsertBatch
+    from qfleet.common.messages import InsertBatch
 
     rng = np.random.default_rng(seed)
     obs = rng.standard_normal((n, *OBS_SHAPE)).astype(np.float32) + obs_offset
@@ -29,10 +29,9 @@ def batch_factory():
 
 
 def python_env() -> dict:
-    """Environment for subprocesses: this checkout importable, unbuffered output."""
+    """Environment for subprocesses: unbuffered output. qfleet itself comes from the
+    installed package (`make test` installs this checkout editable), never a PYTHONPATH."""
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -40,16 +39,16 @@ def python_env() -> dict:
 @pytest.fixture
 def qfleet_cmd():
     """argv prefix that runs the qfleet CLI of this checkout."""
-    return [sys.executable, "-m", "deploy.cli"]
+    return [sys.executable, "-m", "qfleet"]
 
 
 @contextlib.contextmanager
 def replay_server_in_thread(**server_kwargs):
     """A real ReplayServer over a small prioritized CartPole-shaped table (capacity 256, no
     rate limiting), serving from a thread of this process; closed on exit."""
-    from replay_server.rate_limiter import RateLimiter
-    from replay_server.server import ReplayServer
-    from replay_server.table import Table
+    from qfleet.replay_server.rate_limiter import RateLimiter
+    from qfleet.replay_server.server import ReplayServer
+    from qfleet.replay_server.table import Table
 
     limiter = RateLimiter(min_size_to_sample=1, samples_per_insert=0.0, error_buffer=0.0,
                           max_insert_batch=64, max_sample_batch=64)

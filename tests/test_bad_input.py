@@ -43,7 +43,7 @@ def finished_run(tmp_path_factory, qfleet_cmd_module):
 @pytest.fixture(scope="module")
 def qfleet_cmd_module():
     import sys
-    return [sys.executable, "-m", "deploy.cli"]
+    return [sys.executable, "-m", "qfleet"]
 
 
 def copy_run(src, dst):

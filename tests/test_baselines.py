@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from common.config import RandomSearchConfig, ReinforceConfig
-from common.envs import describe_env
-from learner.baselines.random_search import RandomSearch, linear_policy
-from learner.baselines.reinforce import PolicyNet, Reinforce, discounted_returns, softmax
-from learner.evaluation import evaluate
+from qfleet.common.config import RandomSearchConfig, ReinforceConfig
+from qfleet.common.envs import describe_env
+from qfleet.learner.baselines.random_search import RandomSearch, linear_policy
+from qfleet.learner.baselines.reinforce import PolicyNet, Reinforce, discounted_returns, softmax
+from qfleet.learner.evaluation import evaluate
 
 EVAL_SEED = 12345
 

@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from deploy.cli import COMMANDS
+from qfleet.deploy.cli import COMMANDS
 from tests.conftest import python_env
 
 

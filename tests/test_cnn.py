@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import LearnerConfig
-from common.netspec import NetSpec, conv_output_shape, make_policy, param_shapes
-from common.networks import TorchQPolicy, build_qnetwork, params_to_numpy
-from learner.torch_dqn import TorchDQN
+from qfleet.common.config import LearnerConfig
+from qfleet.common.netspec import NetSpec, conv_output_shape, make_policy, param_shapes
+from qfleet.common.networks import TorchQPolicy, build_qnetwork, params_to_numpy
+from qfleet.learner.torch_dqn import TorchDQN
 from tests.conftest import python_env
 
 

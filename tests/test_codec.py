@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import messages as m
-from common.codec import decode
-from common.errors import CodecError
+from qfleet.common import messages as m
+from qfleet.common.codec import decode
+from qfleet.common.errors import CodecError
 from tests.conftest import make_batch
 
 SCHEMAS = m.replay_schemas((4,), np.float32)

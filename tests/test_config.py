@@ -1,9 +1,9 @@
 """Typed config: defaults, files, --set overrides, and errors that name field, value and range."""
 import pytest
 
-from common.config import QfleetConfig
-from common.config_loader import config_to_dict, load_config, save_config
-from common.errors import ConfigError
+from qfleet.common.config import QfleetConfig
+from qfleet.common.config_loader import config_to_dict, load_config, save_config
+from qfleet.common.errors import ConfigError
 
 
 def test_defaults():

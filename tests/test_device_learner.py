@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import LearnerConfig
-from common.netspec import NetSpec
-from deploy.bench.learner import synthetic_batches
-from learner.backend import make_update
-from learner.numpy_dqn import NumpyDQN
-from learner.staging import ALIGN, Staging
-from learner.torch_dqn import TorchDQN
+from qfleet.common.config import LearnerConfig
+from qfleet.common.netspec import NetSpec
+from qfleet.deploy.bench.learner import synthetic_batches
+from qfleet.learner.backend import make_update
+from qfleet.learner.numpy_dqn import NumpyDQN
+from qfleet.learner.staging import ALIGN, Staging
+from qfleet.learner.torch_dqn import TorchDQN
 from tests.conftest import python_env
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; this machine has none")
@@ -74,7 +74,7 @@ def test_backend_choice_on_the_cpu():
     cfg = LearnerConfig()
     assert type(make_update(cfg, NetSpec("mlp", (4,), 2), "cpu", 0)).__name__ == "NumpyDQN"
     assert type(make_update(cfg, NetSpec("cnn", (4, 36, 36), 2, (16,)), "cpu", 0)).__name__ == "TorchDQN"
-    from learner.device_dqn import DeviceDQN
+    from qfleet.learner.device_dqn import DeviceDQN
 
     with pytest.raises(ValueError, match="runs on CUDA"):
         DeviceDQN(cfg, MLP, torch.device("cpu"))
@@ -97,7 +97,7 @@ def test_bench_learner_writes_the_required_keys(qfleet_cmd, tmp_path):
 # -- CUDA --------------------------------------------------------------------------------------
 def cuda_pair(spec: NetSpec, **overrides):
     """A CPU TorchDQN and a CUDA DeviceDQN starting from the same state."""
-    from learner.device_dqn import DeviceDQN
+    from qfleet.learner.device_dqn import DeviceDQN
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

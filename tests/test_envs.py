@@ -7,9 +7,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from common.envs import describe_env, make_vec_env
-from common.errors import EnvironmentSpecError
-from common.netspec import NetSpec, NumpyQNet, param_shapes
+from qfleet.common.envs import describe_env, make_vec_env
+from qfleet.common.errors import EnvironmentSpecError
+from qfleet.common.netspec import NetSpec, NumpyQNet, param_shapes
 from tests.conftest import python_env
 
 USER_ENV = "tests.user_envs:ReachTarget"

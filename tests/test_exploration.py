@@ -4,9 +4,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from actors.exploration import EpsilonSchedule, apex_epsilons
-from common.config import ActorConfig
-from common.netspec import epsilon_greedy
+from qfleet.actors.exploration import EpsilonSchedule, apex_epsilons
+from qfleet.common.config import ActorConfig
+from qfleet.common.netspec import epsilon_greedy
 
 
 def test_apex_formula_over_all_envs_of_all_actors():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common.sockets import STREAM_BUFFER_BYTES
+from qfleet.common.sockets import STREAM_BUFFER_BYTES
 from tests.conftest import python_env
 
 pytestmark = pytest.mark.slow

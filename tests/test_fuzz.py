@@ -10,11 +10,11 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.weights import WeightSubscriber
-from common import messages as m
-from common.netspec import NetSpec, param_shapes
-from common.sockets import bind, make_socket
-from replay_server.client import ReplayClient
+from qfleet.actors.weights import WeightSubscriber
+from qfleet.common import messages as m
+from qfleet.common.netspec import NetSpec, param_shapes
+from qfleet.common.sockets import bind, make_socket
+from qfleet.replay_server.client import ReplayClient
 from tests.conftest import make_batch, replay_server_in_thread
 from tests.fuzz_messages import defective, wire
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import LearnerConfig
-from common.errors import CheckpointError
-from common.netspec import NetSpec, NumpyQNet, param_shapes
-from common.networks import build_qnetwork
-from learner.checkpoint import load_checkpoint, save_checkpoint
-from learner.numpy_dqn import NumpyDQN
-from learner.torch_dqn import TorchDQN, double_dqn_target
+from qfleet.common.config import LearnerConfig
+from qfleet.common.errors import CheckpointError
+from qfleet.common.netspec import NetSpec, NumpyQNet, param_shapes
+from qfleet.common.networks import build_qnetwork
+from qfleet.learner.checkpoint import load_checkpoint, save_checkpoint
+from qfleet.learner.numpy_dqn import NumpyDQN
+from qfleet.learner.torch_dqn import TorchDQN, double_dqn_target
 
 
 class Table(torch.nn.Module):

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.metrics import EPISODE_RECORDS_PER_CALL, EPISODES_HEADER, METRICS, Episode, MetricsWriter, read_jsonl
-from common.plotting import moving_average
+from qfleet.common.metrics import EPISODE_RECORDS_PER_CALL, EPISODES_HEADER, METRICS, Episode, MetricsWriter, read_jsonl
+from qfleet.common.plotting import moving_average
 
 ROOT = Path(__file__).resolve().parents[1]
 

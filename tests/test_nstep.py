@@ -3,7 +3,7 @@ and gymnasium's autoreset steps (which are not transitions)."""
 import numpy as np
 import pytest
 
-from actors.nstep import NStepAdder
+from qfleet.actors.nstep import NStepAdder
 
 G = 0.9
 

@@ -8,10 +8,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from common.config import PixelConfig
-from common.netspec import NetSpec
-from learner.checkpoint import load_checkpoint
-from learner.evaluation import evaluate, greedy_policy
+from qfleet.common.config import PixelConfig
+from qfleet.common.netspec import NetSpec
+from qfleet.learner.checkpoint import load_checkpoint
+from qfleet.learner.evaluation import evaluate, greedy_policy
 from tests.conftest import python_env
 
 pytestmark = pytest.mark.slow

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.cartpole_render import CARTPOLE_CROP, CartPoleRenderer
-from common.config import PixelConfig
-from common.envs import describe_env, make_vec_env
-from common.errors import ConfigError, EnvironmentSpecError
-from common.pixels import FrameStack, box_resize, crop_pixels, preprocess_frames
+from qfleet.common.cartpole_render import CARTPOLE_CROP, CartPoleRenderer
+from qfleet.common.config import PixelConfig
+from qfleet.common.envs import describe_env, make_vec_env
+from qfleet.common.errors import ConfigError, EnvironmentSpecError
+from qfleet.common.pixels import FrameStack, box_resize, crop_pixels, preprocess_frames
 
 CROP = crop_pixels(CARTPOLE_CROP, 400, 600)
 
@@ -132,7 +132,7 @@ def test_describe_env_with_pixels():
 def test_train_refuses_pixel_sizes_that_cannot_work():
     import argparse
 
-    from deploy.train_command import add_arguments, resolve
+    from qfleet.deploy.train_command import add_arguments, resolve
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

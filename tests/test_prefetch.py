@@ -5,9 +5,9 @@ import time
 import numpy as np
 import pytest
 
-from common.errors import QfleetTimeout
-from learner.prefetch import Prefetcher
-from replay_server.client import ReplayClient
+from qfleet.common.errors import QfleetTimeout
+from qfleet.learner.prefetch import Prefetcher
+from qfleet.replay_server.client import ReplayClient
 from tests.test_replay_server import server  # noqa: F401  (the fixture: a real replay-server process)
 
 

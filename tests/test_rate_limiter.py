@@ -1,8 +1,8 @@
 """Rate limiter: the minimum-size stage, the ratio stage in both directions, validation."""
 import pytest
 
-from common.errors import ConfigError
-from replay_server.rate_limiter import RateLimiter
+from qfleet.common.errors import ConfigError
+from qfleet.replay_server.rate_limiter import RateLimiter
 
 
 def limiter(spi=2.0, min_size=10, eb=None, max_insert=4, max_sample=4):

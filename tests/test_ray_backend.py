@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import zmq
 
-from common import messages as m
+from qfleet.common import messages as m
 from tests.conftest import make_batch, python_env
 
 pytestmark = pytest.mark.slow
 
 
 def train_cmd(run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "deploy.cli", "train", "--backend", "ray", "--run-dir", str(run_dir),
+    return [sys.executable, "-m", "qfleet", "train", "--backend", "ray", "--run-dir", str(run_dir),
             "--name", "run", *extra]
 
 

@@ -1,4 +1,4 @@
-"""`ray job submit --working-dir . -- python -m deploy.cli train --backend ray ...` against a
+"""`ray job submit --working-dir . -- python -m qfleet train --backend ray ...` against a
 Ray head started with the `ray` CLI: the job runs qfleet on the cluster and leaves the same
 run directory as a local run."""
 import json
@@ -49,7 +49,7 @@ def test_training_as_a_ray_job(ray_head, tmp_path):
     run_dir = tmp_path / "runs"
     job = subprocess.run([ray, "job", "submit", "--address", address, "--working-dir", str(ROOT),
                           "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "runs", "bench-results"]}),
-                          "--", "python", "-m", "deploy.cli", "train", "--backend", "ray", "--seed", "0",
+                          "--", "python", "-m", "qfleet", "train", "--backend", "ray", "--seed", "0",
                           "--max-seconds", "120", "--run-dir", str(run_dir), "--name", "job"],
                          capture_output=True, text=True, env=env, timeout=400)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]

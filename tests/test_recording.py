@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.envs import describe_env
-from learner.recording import frame_ms, frame_stride, record_gif
+from qfleet.common.envs import describe_env
+from qfleet.learner.recording import frame_ms, frame_stride, record_gif
 
 
 def gif_frames(path) -> tuple[int, int, tuple]:

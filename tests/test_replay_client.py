@@ -5,11 +5,11 @@ import threading
 import numpy as np
 import pytest
 
-from common.config import ReplayConfig
-from common.envs import EnvSpec
-from common.errors import QfleetTimeout
-from replay_server.build import build_replay_server
-from replay_server.client import ReplayClient
+from qfleet.common.config import ReplayConfig
+from qfleet.common.envs import EnvSpec
+from qfleet.common.errors import QfleetTimeout
+from qfleet.replay_server.build import build_replay_server
+from qfleet.replay_server.client import ReplayClient
 
 
 def test_a_late_stats_reply_does_not_trap_the_next_request():

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import zmq
 
-from common import messages as m
-from common.errors import RemoteError
-from replay_server.client import ReplayClient
+from qfleet.common import messages as m
+from qfleet.common.errors import RemoteError
+from qfleet.replay_server.client import ReplayClient
 from tests.conftest import make_batch, python_env
 
 ACTORS, BATCHES, BATCH = 3, 20, 50
@@ -154,7 +154,7 @@ def test_rate_limiter_backpressure_reaches_the_actor(tmp_path, qfleet_cmd):
         endpoints = json.loads(proc.stdout.readline())
         client = ReplayClient(obs_shape=(4,), obs_dtype=np.float32, insert_endpoint=endpoints["insert"],
                               request_endpoint=endpoints["request"], insert_hwm=2, timeout=5)
-        from common.errors import QfleetTimeout
+        from qfleet.common.errors import QfleetTimeout
         with pytest.raises(QfleetTimeout):
             batch = make_batch(50)
             for seq in range(20_000):

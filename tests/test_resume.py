@@ -6,7 +6,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from learner.checkpoint import load_checkpoint
+from qfleet.learner.checkpoint import load_checkpoint
 from tests.conftest import python_env
 
 pytestmark = pytest.mark.slow

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.metrics import EPISODE_RECORDS_PER_CALL, METRICS, read_jsonl
-from learner.checkpoint import load_policy
-from learner.evaluation import evaluate, greedy_policy
+from qfleet.common.metrics import EPISODE_RECORDS_PER_CALL, METRICS, read_jsonl
+from qfleet.learner.checkpoint import load_policy
+from qfleet.learner.evaluation import evaluate, greedy_policy
 from tests.conftest import python_env
 from tests.test_metrics import tensorboard_scalars
 from tests.test_recording import gif_frames
@@ -27,7 +27,7 @@ DQN_NAMES = {"train/episode_return", "train/return_mean100", "eval/return_mean",
              "actors/policy_lag_ms_p50"}
 
 
-CLI = [sys.executable, "-m", "deploy.cli"]  # what the qfleet_cmd fixture gives, for module-scoped fixtures
+CLI = [sys.executable, "-m", "qfleet"]  # what the qfleet_cmd fixture gives, for module-scoped fixtures
 
 
 def qfleet(qfleet_cmd, *args, timeout=240) -> subprocess.CompletedProcess:

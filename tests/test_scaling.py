@@ -16,7 +16,7 @@ FLOOR_ENV_STEPS_PER_S = 2_000  # far below what any count reaches here; catches 
 
 
 def run(tmp_path, backend: str, actors: int) -> dict:
-    cmd = [sys.executable, "-m", "deploy.cli", "train", "--backend", backend, "--actors", str(actors),
+    cmd = [sys.executable, "-m", "qfleet", "train", "--backend", backend, "--actors", str(actors),
            "--envs-per-actor", "16", "--max-seconds", "8", "--run-dir", str(tmp_path), "--name", "run",
            "--set", "run.stop_when_solved=false"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=python_env(), timeout=240)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import zmq
 
-from common import messages as m
-from common.errors import QfleetTimeout
-from common.netspec import NetSpec, param_shapes
-from common.sockets import CurveKeys
-from actors.weights import WeightSubscriber
-from learner.publisher import WeightPublisher
-from replay_server.client import ReplayClient
+from qfleet.common import messages as m
+from qfleet.common.errors import QfleetTimeout
+from qfleet.common.netspec import NetSpec, param_shapes
+from qfleet.common.sockets import CurveKeys
+from qfleet.actors.weights import WeightSubscriber
+from qfleet.learner.publisher import WeightPublisher
+from qfleet.replay_server.client import ReplayClient
 from tests.conftest import make_batch, replay_server_in_thread
 
 RUN = CurveKeys.generate()
@@ -88,7 +88,7 @@ def test_subscribing_needs_the_run_keys(keys):
 
 
 def test_keys_never_show_in_text():
-    from deploy.components import Placement
+    from qfleet.deploy.components import Placement
 
     keys = CurveKeys.generate()
     texts = [repr(keys), str(keys), repr(Placement(telemetry="tcp://h:1", keys=keys)), f"{keys}"]

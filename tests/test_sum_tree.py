@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replay_server.sum_tree import SumTree
+from qfleet.replay_server.sum_tree import SumTree
 
 
 def assert_consistent(tree: SumTree, reference: np.ndarray) -> None:

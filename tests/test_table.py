@@ -3,10 +3,10 @@ and snapshots (atomic, fallback to the previous one when the newest is corrupt).
 import numpy as np
 import pytest
 
-from common.errors import CheckpointError, CodecError
-from replay_server.rate_limiter import RateLimiter
-from replay_server.snapshot import SnapshotStore
-from replay_server.table import Table
+from qfleet.common.errors import CheckpointError, CodecError
+from qfleet.replay_server.rate_limiter import RateLimiter
+from qfleet.replay_server.snapshot import SnapshotStore
+from qfleet.replay_server.table import Table
 from tests.conftest import make_batch
 
 

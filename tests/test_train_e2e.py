@@ -11,9 +11,9 @@ import numpy as np
 import psutil
 import pytest
 
-from common.netspec import NetSpec, NumpyQNet
-from learner.checkpoint import load_checkpoint
-from learner.evaluation import evaluate
+from qfleet.common.netspec import NetSpec, NumpyQNet
+from qfleet.learner.checkpoint import load_checkpoint
+from qfleet.learner.evaluation import evaluate
 from tests.conftest import python_env
 
 pytestmark = pytest.mark.slow

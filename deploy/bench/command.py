@@ -5,14 +5,14 @@ import argparse
 import importlib
 
 BENCHMARKS = {
-    "replay": ("deploy.bench.replay", "replay server ingest, sampling and memory per transition"),
-    "solve": ("deploy.bench.solve", "wall-clock seconds from launching qfleet train to solved, per seed"),
-    "learner": ("deploy.bench.learner", "learner updates/s and samples/s (MLP and pixel CNN), isolated and in "
+    "replay": ("qfleet.deploy.bench.replay", "replay server ingest, sampling and memory per transition"),
+    "solve": ("qfleet.deploy.bench.solve", "wall-clock seconds from launching qfleet train to solved, per seed"),
+    "learner": ("qfleet.deploy.bench.learner", "learner updates/s and samples/s (MLP and pixel CNN), isolated and in "
                 "the full system"),
-    "pixels": ("deploy.bench.pixels", "frames/s per actor with the stock and fast renderers, their agreement, "
+    "pixels": ("qfleet.deploy.bench.pixels", "frames/s per actor with the stock and fast renderers, their agreement, "
                "replay bytes per transition"),
-    "soak": ("deploy.bench.soak", "a long run: memory and open files of every process must not grow"),
-    "scaling": ("deploy.bench.scaling", "throughput, lag and CPU of the full system against the number of actors"),
+    "soak": ("qfleet.deploy.bench.soak", "a long run: memory and open files of every process must not grow"),
+    "scaling": ("qfleet.deploy.bench.scaling", "throughput, lag and CPU of the full system against the number of actors"),
 }
 
 

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import LearnerConfig
-from common.metrics import read_jsonl
-from common.netspec import NetSpec
-from deploy.bench.report import machine, markdown_table, median, write_json
+from qfleet.common.config import LearnerConfig
+from qfleet.common.metrics import read_jsonl
+from qfleet.common.netspec import NetSpec
+from qfleet.deploy.bench.report import machine, markdown_table, median, write_json
 
 PIXEL_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "cartpole-pixels.yaml"
 CASES = {  # name -> (network, batch size, train flags for the system run)
@@ -104,7 +104,7 @@ def drive(update, batches: list[dict], *, seconds: float, publish_every: int, wa
 def isolated(name: str, device: str, seconds: float) -> dict:
     """The isolated measurement in a fresh process with the learner's thread settings (as
     the launcher starts it: one BLAS/OpenMP thread unless learner.threads says otherwise)."""
-    from deploy.children import blas_threads
+    from qfleet.deploy.children import blas_threads
 
     ctx = mp.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
@@ -123,7 +123,7 @@ def _isolated_child(name: str, device: str, seconds: float, conn) -> None:
 
 
 def _isolated(name: str, device: str, seconds: float) -> dict:
-    from learner.backend import make_update, resolve_backend
+    from qfleet.learner.backend import make_update, resolve_backend
 
     spec, batch_size, _ = CASES[name]
     cfg = dataclasses.replace(LearnerConfig(), batch_size=batch_size, device=device)
@@ -139,7 +139,7 @@ def _isolated(name: str, device: str, seconds: float) -> dict:
 
 def system(name: str, device: str, seconds: float, run_root: Path) -> dict:
     _, _, flags = CASES[name]
-    cmd = [sys.executable, "-m", "deploy.cli", "train", *flags, "--max-seconds", str(seconds), "--run-dir",
+    cmd = [sys.executable, "-m", "qfleet", "train", *flags, "--max-seconds", str(seconds), "--run-dir",
            str(run_root), "--name", f"bench-{name}", "--set", "run.stop_when_solved=false",
            "--set", f"learner.device={device}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -155,7 +155,7 @@ def system(name: str, device: str, seconds: float, run_root: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from learner.backend import resolve_device
+    from qfleet.learner.backend import resolve_device
 
     device = resolve_device(args.device)
     result: dict = {"device": device, "machine": machine()}

@@ -21,8 +21,8 @@ import time
 
 import numpy as np
 
-from common.config import PixelConfig
-from deploy.bench.report import machine, markdown_table, median, write_json
+from qfleet.common.config import PixelConfig
+from qfleet.deploy.bench.report import machine, markdown_table, median, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def _rate(fn, frames_per_call: int, seconds: float) -> dict:
 
 def stepping_rate(cfg: PixelConfig, envs: int, seconds: float, policy=None) -> dict:
     """Environment steps (= frames) per second through the pixel wrapper."""
-    from common.envs import make_vec_env
+    from qfleet.common.envs import make_vec_env
 
     env = make_vec_env("CartPole-v1", envs, pixels=cfg)
     rng = np.random.default_rng(0)
@@ -80,8 +80,8 @@ def random_states(n: int, seed: int = 0) -> np.ndarray:
 def renderers(cfg: PixelConfig, envs: int, agreement_states: int, seconds: float) -> dict:
     """Frames/s of the two renderers on the same `envs` states, and their agreement on
     `agreement_states` states."""
-    from common.cartpole_render import CARTPOLE_CROP, CartPoleRenderer
-    from common.pixels import crop_pixels, preprocess_frames
+    from qfleet.common.cartpole_render import CARTPOLE_CROP, CartPoleRenderer
+    from qfleet.common.pixels import crop_pixels, preprocess_frames
 
     crop = crop_pixels(CARTPOLE_CROP, 400, 600)
     fast = CartPoleRenderer(size=cfg.size, crop=crop)
@@ -117,9 +117,9 @@ def _stock_env(states: np.ndarray):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from common.netspec import NetSpec, make_policy
-    from common.networks import build_qnetwork, params_to_numpy
-    from replay_server.storage import transition_dtype
+    from qfleet.common.netspec import NetSpec, make_policy
+    from qfleet.common.networks import build_qnetwork, params_to_numpy
+    from qfleet.replay_server.storage import transition_dtype
 
     obs_shape = (args.frame_stack, args.size, args.size)
     result: dict = {"envs": args.envs, "obs_shape": list(obs_shape), "machine": machine()}

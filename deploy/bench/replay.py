@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 import psutil
 
-from deploy.bench.report import machine, markdown_table, median, write_json
+from qfleet.deploy.bench.report import machine, markdown_table, median, write_json
 
 OBS_SHAPE = (4,)
 
@@ -57,9 +57,9 @@ def resident_bytes(arrays) -> int:
 
 
 def _serve(capacity: int, ready, stop, measure, measured) -> None:
-    from common.config import ReplayConfig
-    from common.envs import EnvSpec
-    from replay_server.build import build_replay_server
+    from qfleet.common.config import ReplayConfig
+    from qfleet.common.envs import EnvSpec
+    from qfleet.replay_server.build import build_replay_server
 
     cfg = ReplayConfig(capacity=capacity, prioritized=True, samples_per_insert=0.0, min_size_to_sample=1000,
                        max_insert_batch=65_536, insert_hwm=64)
@@ -91,8 +91,8 @@ def _warm_up(server) -> None:
 
 
 def _push(endpoint: str, actor_id: int, batch: int, stop) -> None:
-    from common.messages import InsertBatch
-    from replay_server.client import ReplayClient
+    from qfleet.common.messages import InsertBatch
+    from qfleet.replay_server.client import ReplayClient
 
     rng = np.random.default_rng(actor_id)
     client = ReplayClient(obs_shape=OBS_SHAPE, obs_dtype=np.float32, insert_endpoint=endpoint, insert_hwm=8)
@@ -148,7 +148,7 @@ def _measure_sampling(client, args) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from replay_server.client import ReplayClient
+    from qfleet.replay_server.client import ReplayClient
 
     ctx = mp.get_context("spawn")
     ready, stop, measure, measured = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue()

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from deploy.bench.report import machine, markdown_table, write_json
+from qfleet.deploy.bench.report import machine, markdown_table, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,7 +61,7 @@ def cpu_seconds(root: psutil.Process, roles: dict[int, str]) -> dict[str, float]
 
 def measure(n: int, mode: str, args: argparse.Namespace, root_dir: Path) -> dict:
     name = f"scale-{n}-{mode}"
-    cmd = [sys.executable, "-m", "deploy.cli", "train", "--backend", args.backend, "--actors", str(n),
+    cmd = [sys.executable, "-m", "qfleet", "train", "--backend", args.backend, "--actors", str(n),
            "--max-seconds", str(args.warmup + args.seconds + 120), "--run-dir", str(root_dir), "--name", name,
            "--set", "run.stop_when_solved=false"]
     if mode == "off":

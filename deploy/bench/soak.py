@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from deploy.bench.report import machine, markdown_table, write_json
+from qfleet.deploy.bench.report import machine, markdown_table, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     window = args.window if args.window is not None else max(2.0, 0.1 * seconds)
     with tempfile.TemporaryDirectory(prefix="qfleet-soak-") as tmp:
         root_dir = Path(args.run_dir) if args.run_dir else Path(tmp)
-        cmd = [sys.executable, "-m", "deploy.cli", "train", "--max-seconds", str(seconds), "--run-dir", str(root_dir),
+        cmd = [sys.executable, "-m", "qfleet", "train", "--max-seconds", str(seconds), "--run-dir", str(root_dir),
                "--name", "soak", "--set", "run.stop_when_solved=false"]
         for item in args.set:
             cmd += ["--set", item]

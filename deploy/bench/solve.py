@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from deploy.bench.report import machine, markdown_table, median, write_json
+from qfleet.deploy.bench.report import machine, markdown_table, median, write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_one(seed: int, args: argparse.Namespace, run_root: Path) -> dict:
     name = f"solve-seed{seed}"
-    cmd = [sys.executable, "-m", "deploy.cli", "train", "--seed", str(seed), "--backend", args.backend,
+    cmd = [sys.executable, "-m", "qfleet", "train", "--seed", str(seed), "--backend", args.backend,
            "--max-seconds", str(args.max_seconds), "--run-dir", str(run_root), "--name", name]
     for item in args.set:
         cmd += ["--set", item]

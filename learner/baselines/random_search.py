@@ -11,10 +11,10 @@ from typing import Callable
 
 import numpy as np
 
-from common.config import RandomSearchConfig
-from common.envs import EnvSpec
-from learner.baselines import Played
-from learner.evaluation import evaluate
+from qfleet.common.config import RandomSearchConfig
+from qfleet.common.envs import EnvSpec
+from qfleet.learner.baselines import Played
+from qfleet.learner.evaluation import evaluate
 
 
 def linear_policy(weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

@@ -13,9 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-from common.config import ReinforceConfig
-from common.envs import EnvSpec, make_vec_env
-from learner.baselines import Played
+from qfleet.common.config import ReinforceConfig
+from qfleet.common.envs import EnvSpec, make_vec_env
+from qfleet.learner.baselines import Played
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 MAX_EPISODE_STEPS = 100_000  # for environments without a step limit

@@ -1,0 +1,6 @@
+"""`python -m qfleet ...` is the `qfleet` command line."""
+import sys
+
+from qfleet.deploy.cli import main
+
+sys.exit(main())
