@@ -22,12 +22,34 @@ def test_validates_against_rays_schema(path):
 
 
 @pytest.mark.parametrize("path", CONFIGS + [CLUSTER / "Dockerfile"], ids=[p.name for p in CONFIGS] + ["Dockerfile"])
-def test_pins_the_versions_of_the_package(path):
+def test_installs_with_the_one_constraints_file(path):
+    """Versions are pinned once, in deploy/constraints.txt; every node install reads it."""
     text = path.read_text()
-    pyproject = (CLUSTER.parent.parent / "pyproject.toml").read_text()
-    for pin in ("torch==2.13.0", "ray[default]==2.60.0"):
-        assert pin in pyproject and pin in text, pin
+    assert "-c deploy/constraints.txt" in text or "-c ~/qfleet/deploy/constraints.txt" in text
     assert "3.11.7" in text
+    assert "==2." not in text, "a version pinned here instead of in deploy/constraints.txt"
+
+
+def test_constraints_pin_what_nodes_must_share():
+    pins = dict(line.split("==") for line in (CLUSTER.parent / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert set(pins) == {"torch", "ray", "msgpack"}
+    pyproject = (CLUSTER.parent.parent / "pyproject.toml").read_text()
+    assert "==" not in pyproject, "pyproject.toml states ranges; exact pins live in deploy/constraints.txt"
+
+
+def test_check_node_accepts_this_environment_and_names_a_wrong_pin(tmp_path):
+    import subprocess
+    import sys
+
+    script = CLUSTER / "check_node.py"
+    ok = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    if sys.version.split()[0] == "3.11.7":
+        assert ok.returncode == 0, ok.stderr
+    wrong = tmp_path / "constraints.txt"
+    wrong.write_text("msgpack==0.0.1\n")
+    bad = subprocess.run([sys.executable, str(script), str(wrong)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "msgpack" in bad.stderr and "want 0.0.1" in bad.stderr
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
