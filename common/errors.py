@@ -48,6 +48,11 @@ class RunDirError(QfleetError):
     """A run directory is missing, or holds none of the files a command reads from it."""
 
 
-class ClusterTestError(QfleetError):
-    """The on-premises cluster test (`python -m qfleet.deploy.netns_cluster`) found its hosts, the
-    Ray cluster or a training run not as expected; the message names what and where."""
+class LaunchError(QfleetError):
+    """A launcher could not start or keep its components (one failed to start, none became
+    ready in time); the message names the component and where its log is."""
+
+
+class MissingExtraError(QfleetError):
+    """An optional dependency (a pip extra of qfleet) is not installed; the message names
+    the pip command that installs it."""

@@ -10,12 +10,18 @@ lists every name with its meaning (the README's table is checked against it).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Optional
 
 import numpy as np
+
+from qfleet.common.errors import MissingExtraError
+from qfleet.common.extras import require
+
+log = logging.getLogger("qfleet")
 
 EPISODES_HEADER = "elapsed_s,env_steps,actor,return,length"
 LAGS_HEADER = "elapsed_s,actor,unit,lag"
@@ -99,6 +105,7 @@ class TensorBoardEvents:
     (imported here, lazily: ~0.2 s, and no torch or TensorFlow)."""
 
     def __init__(self, logdir: str | Path, flush_secs: float = 2.0):
+        require("tensorboard", "writing TensorBoard event files")
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -142,7 +149,11 @@ class MetricsWriter:
         """One record: `values` (namespaced names; None for 'not known yet') at `step` env steps."""
         self._jsonl.write({"step": int(step), "time/elapsed_s": round(elapsed_s, 3), **values})
         if self._tensorboard and self._tb is None:
-            self._tb = TensorBoardEvents(self.run_dir)
+            try:
+                self._tb = TensorBoardEvents(self.run_dir)
+            except MissingExtraError as exc:  # metrics.jsonl has every record; say once what is missing
+                log.warning("no TensorBoard events: %s", exc)
+                self._tensorboard = False
         if self._tb is not None:
             self._tb.scalars({k: v for k, v in values.items() if v is not None and not isinstance(v, str)},
                              step, self.started_wall + elapsed_s)

@@ -15,6 +15,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from qfleet.common.errors import RunDirError
+from qfleet.common.extras import require
 from qfleet.common.metrics import read_jsonl
 
 X_AXES = {"steps": "env steps", "episodes": "training episodes", "seconds": "seconds"}
@@ -68,8 +69,7 @@ def _x_of(run: RunData, axis: str, steps: np.ndarray, elapsed: np.ndarray) -> np
 def plot_runs(runs: list[RunData], out: str | Path, *, x_axis: str = "steps", width: int = 1200,
               height: int = 900, title: Optional[str] = None) -> Path:
     """Draw `runs` on one figure and write it as a PNG of width x height pixels."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "drawing learning curves (plot.png, `qfleet plot`)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D

@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import python_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def test_short_soak_stays_bounded(qfleet_cmd, tmp_path):
