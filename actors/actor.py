@@ -18,7 +18,8 @@ from qfleet.common import messages as m
 from qfleet.common.config import ActorConfig
 from qfleet.common.envs import EnvSpec, make_vec_env
 from qfleet.common.errors import QfleetTimeout
-from qfleet.common.netspec import NetSpec, epsilon_greedy, make_policy
+from qfleet.common.netspec import NetSpec, epsilon_greedy
+from qfleet.common.policy import make_policy
 from qfleet.common.telemetry import Telemetry
 from qfleet.replay_server.client import ReplayClient
 

@@ -1,10 +1,12 @@
-"""Q-network shapes, shared by every part, and a numpy forward pass for the actors.
+"""Q-network shapes, shared by every part, and the numpy forward pass of the MLP.
 
 `NetSpec` names an architecture; `param_shapes` gives the parameter names and shapes that
 the torch module (`common.networks`) has, so a weights message can be validated exactly
-by processes that never import torch. `NumpyQNet` runs the MLP forward pass in numpy:
+by processes that never import torch. `mlp_q_values` is the one numpy MLP forward pass:
+`NumpyQNet` (the actors' and the evaluator's policy) and the numpy learner both run it, so
 actors need no torch (faster start-up, less memory), and its output matches torch's.
-`make_policy` gives that for MLPs and the torch forward pass for CNNs (pixel observations).
+This module imports no other part of qfleet: `common.networks` (torch) builds on it, and
+`common.policy` picks between the two.
 
 The CNN is the DQN torso of Mnih et al. (2015): three convolutions (32 8x8 stride 4,
 64 4x4 stride 2, 64 3x3 stride 1, ReLU after each, no normalisation) on stacked uint8
@@ -12,7 +14,7 @@ frames scaled to [0, 1], then the same dense layers and heads as the MLP.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -63,51 +65,57 @@ def param_shapes(spec: NetSpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+Layer = tuple[np.ndarray, np.ndarray]  # (weight laid out (in, out), bias)
+
+
+def dense_layers(spec: NetSpec, params) -> tuple[list[Layer], list[Layer]]:
+    """The MLP's hidden layers and its head(s) (value, advantage when dueling) from a
+    {name: array} mapping, weights as transposed views: x @ weight + bias."""
+    hidden = [(params[f"torso.{2 * i}.weight"].T, params[f"torso.{2 * i}.bias"]) for i in range(len(spec.hidden))]
+    names = ("value", "advantage") if spec.dueling else ("head",)
+    return hidden, [(params[f"{h}.weight"].T, params[f"{h}.bias"]) for h in names]
+
+
+def mlp_q_values(x: np.ndarray, hidden: list[Layer], heads: list[Layer],
+                 acts: Optional[list[np.ndarray]] = None) -> np.ndarray:
+    """Q-values of flat float32 inputs (B, D): ReLU dense layers, then the head, or
+    value + advantage - mean(advantage) with two heads (dueling). Each hidden activation
+    is appended to `acts` if given (what a backward pass needs)."""
+    for w, b in hidden:
+        x = x @ w
+        x += b
+        np.maximum(x, 0.0, out=x)
+        if acts is not None:
+            acts.append(x)
+    if len(heads) == 1:
+        w, b = heads[0]
+        return x @ w + b
+    (wv, bv), (wa, ba) = heads
+    adv = x @ wa + ba
+    return (x @ wv + bv) + adv - adv.mean(axis=1, keepdims=True)
+
+
 class NumpyQNet:
-    """Forward pass of the MLP Q-network from a {name: array} parameter dict."""
+    """obs -> Q-values of the MLP Q-network, loaded from a {name: array} parameter dict."""
 
     def __init__(self, spec: NetSpec):
         if spec.kind != "mlp":
             raise ValueError("NumpyQNet runs MLPs only; CNN policies run in torch")
         self.spec = spec
-        self._layers: list[tuple[np.ndarray, np.ndarray]] = []
-        self._heads: list[tuple[np.ndarray, np.ndarray]] = []
+        self._hidden: list[Layer] = []
+        self._heads: list[Layer] = []
 
     def load(self, params: dict[str, np.ndarray]) -> None:
-        # Transposed and contiguous once per version, so every forward is plain x @ W + b.
-        n = len(self.spec.hidden)
-        self._layers = [(np.ascontiguousarray(params[f"torso.{2 * i}.weight"].T, np.float32),
-                         np.asarray(params[f"torso.{2 * i}.bias"], np.float32)) for i in range(n)]
-        names = ("value", "advantage") if self.spec.dueling else ("head",)
-        self._heads = [(np.ascontiguousarray(params[f"{h}.weight"].T, np.float32),
-                        np.asarray(params[f"{h}.bias"], np.float32)) for h in names]
+        # Contiguous float32 copies once per version: every forward is then plain x @ W + b.
+        self._hidden, self._heads = ([(np.ascontiguousarray(w, np.float32), np.asarray(b, np.float32))
+                                      for w, b in layers] for layers in dense_layers(self.spec, params))
 
     @property
     def loaded(self) -> bool:
         return bool(self._heads)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
-        for w, b in self._layers:
-            x = x @ w
-            x += b
-            np.maximum(x, 0.0, out=x)
-        if not self.spec.dueling:
-            w, b = self._heads[0]
-            return x @ w + b
-        (wv, bv), (wa, ba) = self._heads
-        adv = x @ wa + ba
-        return (x @ wv + bv) + adv - adv.mean(axis=1, keepdims=True)
-
-
-def make_policy(spec: NetSpec):
-    """obs -> Q-values, loaded with `load(params)`: numpy for MLPs (no torch import), torch
-    on the CPU for CNNs."""
-    if spec.kind == "mlp":
-        return NumpyQNet(spec)
-    from qfleet.common.networks import TorchQPolicy
-
-    return TorchQPolicy(spec)
+        return mlp_q_values(obs.reshape(len(obs), -1).astype(np.float32, copy=False), self._hidden, self._heads)
 
 
 def epsilon_greedy(q: np.ndarray, epsilons: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -18,7 +18,8 @@ import numpy as np
 
 from qfleet.common.config import PixelConfig
 from qfleet.common.envs import EnvSpec, make_vec_env
-from qfleet.common.netspec import NetSpec, make_policy
+from qfleet.common.netspec import NetSpec
+from qfleet.common.policy import make_policy
 
 
 class EvalResult(NamedTuple):

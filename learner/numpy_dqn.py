@@ -15,10 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from qfleet.common.config import LearnerConfig
-from qfleet.common.netspec import NetSpec, param_shapes
+from qfleet.common.netspec import NetSpec, dense_layers, mlp_q_values, param_shapes
+from qfleet.learner.adam import Adam
 from qfleet.learner.update import SyncUpdate
-
-BETA1, BETA2 = 0.9, 0.999
 
 
 class FlatParams:
@@ -54,11 +53,11 @@ class NumpyDQN(SyncUpdate):
         self.cfg, self.spec = cfg, spec
         shapes = param_shapes(spec)
         self.online, self.target, self.grad = FlatParams(shapes), FlatParams(shapes), FlatParams(shapes)
-        self._m = np.zeros_like(self.online.flat)
-        self._v = np.zeros_like(self.online.flat)
-        self.adam_step = 0
+        self.adam = Adam([self.online.flat], lr=cfg.lr, eps=cfg.adam_eps)
         self.updates = 0
         self._layers = len(spec.hidden)
+        # Layer views into the flat buffers, which are only ever updated in place.
+        self._online_net, self._target_net = dense_layers(spec, self.online), dense_layers(spec, self.target)
         self._init(np.random.default_rng(seed))
         self.target.flat[:] = self.online.flat
 
@@ -70,19 +69,9 @@ class NumpyDQN(SyncUpdate):
             view[...] = rng.uniform(-bound, bound, view.shape)
 
     # -- forward / backward ------------------------------------------------------------
-    def _forward(self, p: FlatParams, x: np.ndarray, keep: bool = False):
-        acts = [x]
-        for i in range(self._layers):
-            h = x @ p[f"torso.{2 * i}.weight"].T
-            h += p[f"torso.{2 * i}.bias"]
-            np.maximum(h, 0.0, out=h)
-            acts.append(h)
-            x = h
-        if self.spec.dueling:
-            adv = x @ p["advantage.weight"].T + p["advantage.bias"]
-            q = (x @ p["value.weight"].T + p["value.bias"]) + adv - adv.mean(axis=1, keepdims=True)
-        else:
-            q = x @ p["head.weight"].T + p["head.bias"]
+    def _forward(self, net, x: np.ndarray, keep: bool = False):
+        acts = [x] if keep else None
+        q = mlp_q_values(x, *net, acts)
         return (q, acts) if keep else q
 
     def _backward(self, dq: np.ndarray, acts: list[np.ndarray]) -> None:
@@ -115,9 +104,9 @@ class NumpyDQN(SyncUpdate):
         next_obs = batch["next_obs"].reshape(n, -1).astype(np.float32, copy=False)
         rows = np.arange(n)
         action = batch["action"]
-        best = self._forward(self.online, next_obs).argmax(axis=1)
-        target = batch["reward"] + batch["discount"] * self._forward(self.target, next_obs)[rows, best]
-        q, acts = self._forward(self.online, obs, keep=True)
+        best = self._forward(self._online_net, next_obs).argmax(axis=1)
+        target = batch["reward"] + batch["discount"] * self._forward(self._target_net, next_obs)[rows, best]
+        q, acts = self._forward(self._online_net, obs, keep=True)
         td = target - q[rows, action]
         delta = self.cfg.huber_delta
         abs_td = np.abs(td)
@@ -137,16 +126,7 @@ class NumpyDQN(SyncUpdate):
         coef = self.cfg.grad_clip / (float(np.sqrt(np.dot(g, g))) + 1e-6)
         if coef < 1.0:
             g *= coef
-        self.adam_step += 1
-        m, v = self._m, self._v
-        m *= BETA1
-        m += (1 - BETA1) * g
-        v *= BETA2
-        v += (1 - BETA2) * g * g
-        denom = np.sqrt(v)
-        denom /= np.sqrt(1 - BETA2 ** self.adam_step)
-        denom += self.cfg.adam_eps
-        self.online.flat -= (self.cfg.lr / (1 - BETA1 ** self.adam_step)) * m / denom
+        self.adam.step([g])
 
     def _update_target(self) -> None:
         if self.cfg.target_update == "polyak":
@@ -162,20 +142,20 @@ class NumpyDQN(SyncUpdate):
         """Backend-neutral training state (the torch learner reads and writes the same keys)."""
         state = {f"online/{k}": v for k, v in self.online.to_dict().items()}
         state.update({f"target/{k}": v for k, v in self.target.to_dict().items()})
-        for prefix, flat in (("adam_m", self._m), ("adam_v", self._v)):
+        for prefix, (flat,) in (("adam_m", self.adam.m), ("adam_v", self.adam.v)):
             view = FlatParams(self.online.shapes)
             view.flat[:] = flat
             state.update({f"{prefix}/{k}": x for k, x in view.to_dict().items()})
-        state["adam_step"] = np.int64(self.adam_step)
+        state["adam_step"] = np.int64(self.adam.steps)
         state["updates"] = np.int64(self.updates)
         return state
 
     def load(self, state: dict[str, np.ndarray]) -> None:
         for prefix, params in (("online", self.online), ("target", self.target)):
             params.copy_from({k: state[f"{prefix}/{k}"] for k in params.views})
-        for prefix, flat in (("adam_m", self._m), ("adam_v", self._v)):
+        for prefix, (flat,) in (("adam_m", self.adam.m), ("adam_v", self.adam.v)):
             view = FlatParams(self.online.shapes)
             view.copy_from({k: state[f"{prefix}/{k}"] for k in view.views})
             flat[:] = view.flat
-        self.adam_step = int(state["adam_step"])
+        self.adam.steps = int(state["adam_step"])
         self.updates = int(state["updates"])

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from qfleet.common.config import LearnerConfig
-from qfleet.common.netspec import NetSpec, conv_output_shape, make_policy, param_shapes
+from qfleet.common.netspec import NetSpec, conv_output_shape, param_shapes
 from qfleet.common.networks import TorchQPolicy, build_qnetwork, params_to_numpy
+from qfleet.common.policy import make_policy
 from qfleet.learner.torch_dqn import TorchDQN
 from tests.conftest import python_env
 
@@ -57,8 +58,9 @@ def test_torch_policy_matches_the_network_and_loads_published_weights():
 
 
 def test_mlp_actors_never_import_torch():
-    code = ("import sys; import actors.actor, learner.evaluation; from common.netspec import NetSpec, make_policy; "
-            "from common.envs import make_vec_env; make_policy(NetSpec('mlp', (4,), 2)); "
+    code = ("import sys; import qfleet.actors.actor, qfleet.learner.evaluation; from qfleet.common.netspec import NetSpec; "
+            "from qfleet.common.policy import make_policy; from qfleet.common.envs import make_vec_env; "
+            "make_policy(NetSpec('mlp', (4,), 2)); "
             "make_vec_env('CartPole-v1', 2).close(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=python_env(), timeout=120)
     assert out.returncode == 0, out.stderr

@@ -15,9 +15,10 @@ import numpy as np
 
 from qfleet.common.config import ReinforceConfig
 from qfleet.common.envs import EnvSpec, make_vec_env
+from qfleet.learner.adam import Adam
 from qfleet.learner.baselines import Played
 
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+ADAM_EPS = 1e-8
 MAX_EPISODE_STEPS = 100_000  # for environments without a step limit
 
 
@@ -70,8 +71,7 @@ class Reinforce:
         self.rng = np.random.default_rng(seed)
         obs_dim = int(np.prod(env.obs_shape))
         self.net = PolicyNet([obs_dim, *cfg.hidden, env.num_actions], self.rng)
-        self._m = [np.zeros_like(p) for p in self.net.params]
-        self._v = [np.zeros_like(p) for p in self.net.params]
+        self.adam = Adam(self.net.params, lr=cfg.lr, eps=ADAM_EPS)
         self.updates = 0
         self.loss = float("nan")
         self._envs = make_vec_env(env.env_id, cfg.episodes_per_update)
@@ -108,18 +108,9 @@ class Reinforce:
         d_logits = p.copy()
         d_logits[rows, a] -= 1.0
         d_logits *= (returns / len(a))[:, None]
-        self._adam(self.net.backward(d_logits, cache))
+        self.adam.step(self.net.backward(d_logits, cache))
         self.updates += 1
         return Played(rewards.sum(axis=0), live.sum(axis=0))
-
-    def _adam(self, grads: list[np.ndarray]) -> None:
-        (b1, b2), t = ADAM_BETAS, self.updates + 1
-        for p, g, m, v in zip(self.net.params, grads, self._m, self._v):
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * g * g
-            p -= self.cfg.lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + ADAM_EPS)
 
     def greedy(self) -> Callable[[np.ndarray], np.ndarray]:
         net = PolicyNet.__new__(PolicyNet)

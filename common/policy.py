@@ -1,0 +1,18 @@
+"""The policy a process acts or evaluates with: obs -> Q-values for a network spec.
+
+MLPs run in numpy (`common.netspec.NumpyQNet`), so actors on vector observations never
+import torch; CNNs (pixel observations) run in torch on the CPU (`common.networks`),
+imported only when one is asked for: torch is an optional dependency.
+"""
+from __future__ import annotations
+
+from qfleet.common.netspec import NetSpec, NumpyQNet
+
+
+def make_policy(spec: NetSpec):
+    """obs -> Q-values, loaded with `load(params)`, with a `loaded` flag."""
+    if spec.kind == "mlp":
+        return NumpyQNet(spec)
+    from qfleet.common.networks import TorchQPolicy  # torch: only for CNNs
+
+    return TorchQPolicy(spec)
