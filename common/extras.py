@@ -4,6 +4,7 @@ imports one, or raises MissingExtraError with the one line that installs it."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from qfleet.common.errors import MissingExtraError
@@ -30,4 +31,7 @@ def require(module: str, purpose: str) -> ModuleType:
 
 def available(module: str) -> bool:
     """Whether `module` can be imported (without importing it)."""
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
