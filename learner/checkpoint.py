@@ -7,7 +7,6 @@ The same file resumes training (online, target, Adam state, counters) and plays 
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
@@ -16,6 +15,7 @@ import numpy as np
 
 from qfleet.common.config import PixelConfig
 from qfleet.common.errors import CheckpointError
+from qfleet.common.files import HEADER_KEY, write_npz_atomic
 from qfleet.common.netspec import NetSpec, param_shapes
 
 FORMAT = "qfleet-checkpoint"
@@ -23,17 +23,8 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
-    """Write arrays + metadata to `path` via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
-    with open(tmp, "wb") as f:
-        np.savez(f, __meta__=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write arrays + metadata to `path` atomically."""
+    return write_npz_atomic(path, {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}, arrays)
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -48,7 +39,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from None
-    raw = arrays.pop("__meta__", None)
+    raw = arrays.pop(HEADER_KEY, None)
     try:
         meta = json.loads(raw.tobytes().decode()) if raw is not None else None
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -1,4 +1,4 @@
-"""Atomic snapshots of a replay table: write to a temporary file, fsync, then rename.
+"""Atomic snapshots of a replay table (`common.files.write_npz_atomic`).
 
 A reader therefore sees either the previous complete snapshot or the new complete one,
 never half a file. The newest `keep` snapshots are kept; loading falls back to the
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -16,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from qfleet.common.errors import CheckpointError
+from qfleet.common.files import HEADER_KEY, write_npz_atomic
 from qfleet.replay_server.table import Table
 
 log = logging.getLogger("qfleet.replay")
@@ -33,15 +33,8 @@ class SnapshotStore:
 
     def save(self, table: Table, meta: Optional[dict] = None) -> Path:
         """Write the table (and JSON `meta`, e.g. the server's counters) atomically."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.directory / f"replay-{table.storage.inserted:015d}.npz"
-        tmp = final.with_suffix(".npz.tmp")
-        header = np.frombuffer(json.dumps(meta or {}).encode(), np.uint8)
-        with open(tmp, "wb") as f:
-            np.savez(f, __meta__=header, **table.state())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        final = write_npz_atomic(self.directory / f"replay-{table.storage.inserted:015d}.npz", meta or {},
+                                 table.state())
         for old in self.paths()[self.keep:]:
             old.unlink(missing_ok=True)
         return final
@@ -57,7 +50,7 @@ class SnapshotStore:
             try:
                 with np.load(path, allow_pickle=False) as data:
                     state = {k: data[k] for k in data.files}
-                meta = json.loads(state.pop("__meta__").tobytes().decode()) if "__meta__" in state else {}
+                meta = json.loads(state.pop(HEADER_KEY).tobytes().decode()) if HEADER_KEY in state else {}
             except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as exc:
                 log.warning("replay snapshot %s is unreadable (%s); trying the previous one", path, exc)
                 continue

@@ -111,3 +111,16 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     np.savez(other, x=np.zeros(3))
     with pytest.raises(CheckpointError, match="not a qfleet checkpoint"):
         load_checkpoint(other)
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_file_and_no_temporary(tmp_path):
+    class Unwritable:
+        def __array__(self, dtype=None, copy=None):
+            raise OSError("No space left on device")
+
+    path = save_checkpoint(tmp_path / "checkpoint.npz", {"x": np.arange(3)}, {"updates": 1})
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, {"x": np.arange(3), "y": Unwritable()}, {"updates": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]
+    arrays, meta = load_checkpoint(path)
+    assert meta["updates"] == 1 and arrays["x"].tolist() == [0, 1, 2]
