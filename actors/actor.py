@@ -23,7 +23,6 @@ from qfleet.common.policy import make_policy
 from qfleet.common.telemetry import Telemetry
 from qfleet.replay_server.client import ReplayClient
 
-FIELDS = ("obs", "action", "reward", "next_obs", "discount")
 FINAL_FLUSH_S = 1.0  # at stop, how long pending transitions may wait for the replay server
 
 
@@ -120,7 +119,7 @@ class Actor:
         taking new weights and honour stop requests (nothing is dropped meanwhile)."""
         if not self._pending:
             return
-        batch = {k: np.concatenate([p[k] for p in self._pending]) for k in FIELDS}
+        batch = {k: np.concatenate([p[k] for p in self._pending]) for k in m.TRANSITION_FIELDS}
         self._pending.clear()
         total = len(batch["action"])
         for start in range(0, total, self.max_insert_batch):

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from qfleet.common.messages import transition_layout
+
 
 class NStepAdder:
     def __init__(self, *, num_envs: int, n: int, gamma: float, obs_shape: Sequence[int], obs_dtype=np.float32):
@@ -87,9 +89,8 @@ class NStepAdder:
 
 def _concat(parts: list, obs_shape, obs_dtype) -> dict[str, np.ndarray]:
     if not parts:
-        return {"obs": np.zeros((0, *obs_shape), obs_dtype), "action": np.zeros(0, np.int32),
-                "reward": np.zeros(0, np.float32), "next_obs": np.zeros((0, *obs_shape), obs_dtype),
-                "discount": np.zeros(0, np.float32)}
+        return {name: np.zeros((0, *shape), dtype) for name, (dtype, shape) in
+                transition_layout(obs_shape, obs_dtype).items()}
     if len(parts) == 1:
         return parts[0]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

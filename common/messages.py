@@ -27,6 +27,19 @@ WEIGHTS, REPORT = "weights", "report"
 
 _INT, _NUM, _STR = (int,), (int, float), (str,)
 
+# The fields of one n-step transition, in wire and storage order. The message schemas, the
+# replay ring buffer, the actors' n-step adder and the learner's batches derive theirs from
+# these two; InsertBatch and SampleBatch spell them out as typed fields (a test checks).
+TRANSITION_FIELDS = ("obs", "action", "reward", "next_obs", "discount")
+_SCALAR_DTYPES = {"action": "<i4", "reward": "<f4", "discount": "<f4"}  # the others are observations
+
+
+def transition_layout(obs_shape: Sequence[int], obs_dtype: Any) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Field name -> (dtype, shape of one transition's value), in TRANSITION_FIELDS order."""
+    obs = (np.dtype(obs_dtype), tuple(obs_shape))
+    return {name: (np.dtype(_SCALAR_DTYPES[name]), ()) if name in _SCALAR_DTYPES else obs
+            for name in TRANSITION_FIELDS}
+
 
 class InsertBatch(NamedTuple):
     actor_id: int
@@ -105,11 +118,8 @@ class Report(NamedTuple):
 
 
 def transition_arrays(obs_shape: Sequence[int], obs_dtype: Any) -> tuple[ArraySpec, ...]:
-    o = np.dtype(obs_dtype).str
-    shape = (BATCH, *obs_shape)
-    return (ArraySpec("obs", o, shape), ArraySpec("action", "<i4", (BATCH,)),
-            ArraySpec("reward", "<f4", (BATCH,)), ArraySpec("next_obs", o, shape),
-            ArraySpec("discount", "<f4", (BATCH,)))
+    return tuple(ArraySpec(name, dtype.str, (BATCH, *shape))
+                 for name, (dtype, shape) in transition_layout(obs_shape, obs_dtype).items())
 
 
 def replay_schemas(obs_shape: Sequence[int], obs_dtype: Any, max_batch: int = 1 << 20) -> dict[str, MessageSchema]:

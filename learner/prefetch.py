@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from qfleet.common.errors import QfleetTimeout, RemoteError
+from qfleet.common.messages import TRANSITION_FIELDS
 from qfleet.replay_server.client import ReplayClient
 
 RETRYABLE = ("rate_limited", "busy")
@@ -112,7 +113,7 @@ class Prefetcher:
             self._error = exc
 
     def _split(self, reply) -> None:
-        fields = ("keys", "obs", "action", "reward", "next_obs", "discount", "weight")
+        fields = ("keys", *TRANSITION_FIELDS, "weight")
         b = self.batch_size
         for i in range(self.per_request):
             self._batches.put({f: getattr(reply, f)[i * b:(i + 1) * b] for f in fields})

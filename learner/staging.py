@@ -1,6 +1,6 @@
 """Moving sampled batches to the device: one packed buffer, one copy per batch.
 
-A batch (obs, next_obs, action, reward, discount, weight) is packed into one byte buffer,
+A batch (the transition fields and the importance weight) is packed into one byte buffer,
 each field at a 64-byte aligned offset. On the host that buffer lives in pinned (page-
 locked) memory, so the copy to the GPU is a single asynchronous DMA that does not block
 the Python thread; on the device, typed views of one static buffer are the inputs of the
@@ -16,6 +16,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
+
+from qfleet.common.messages import transition_layout
 
 ALIGN = 64
 TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32,
@@ -35,10 +37,9 @@ class Field(NamedTuple):
 
 def batch_layout(*, batch_size: int, obs_shape: tuple, obs_dtype) -> tuple[list[Field], int]:
     """The fields of one training batch and the total size of the packed buffer."""
-    specs = [("obs", obs_dtype, obs_shape), ("next_obs", obs_dtype, obs_shape), ("action", np.int32, ()),
-             ("reward", np.float32, ()), ("discount", np.float32, ()), ("weight", np.float32, ())]
+    layout = {**transition_layout(obs_shape, obs_dtype), "weight": (np.dtype(np.float32), ())}
     fields, offset = [], 0
-    for name, dtype, shape in specs:
+    for name, (dtype, shape) in layout.items():
         field = Field(name, np.dtype(dtype), (batch_size, *shape), offset)
         fields.append(field)
         offset += -(-field.nbytes // ALIGN) * ALIGN

@@ -143,10 +143,8 @@ class ReplayServer:
         n = len(batch.action)
         if not (force or self.accept_all_inserts) and not self.table.can_insert(n):
             return False
-        fields = {"obs": batch.obs, "action": batch.action, "reward": batch.reward,
-                  "next_obs": batch.next_obs, "discount": batch.discount}
         try:
-            self.table.insert(fields, batch.priority)
+            self.table.insert({k: getattr(batch, k) for k in m.TRANSITION_FIELDS}, batch.priority)
         except CodecError as exc:
             self._reject(exc, "insert", transitions=n)
             return True

@@ -15,14 +15,12 @@ from typing import Sequence
 
 import numpy as np
 
-FIELDS = ("obs", "action", "reward", "next_obs", "discount")
+from qfleet.common.messages import TRANSITION_FIELDS, transition_layout
 
 
 def transition_dtype(obs_shape: Sequence[int], obs_dtype) -> np.dtype:
     """One stored transition; its itemsize is the storage per transition (uint8 frames: 1 byte a pixel)."""
-    obs = (np.dtype(obs_dtype), tuple(obs_shape))
-    return np.dtype([("obs", *obs), ("action", np.int32), ("reward", np.float32), ("next_obs", *obs),
-                     ("discount", np.float32)])
+    return np.dtype([(name, *layout) for name, layout in transition_layout(obs_shape, obs_dtype).items()])
 
 
 class RingBuffer:
@@ -36,7 +34,7 @@ class RingBuffer:
         self.obs_dtype = np.dtype(obs_dtype)
         self.dtype = transition_dtype(self.obs_shape, self.obs_dtype)
         self.records = np.zeros(capacity, self.dtype)
-        self.arrays = {name: self.records[name] for name in FIELDS}  # writable views per field
+        self.arrays = {name: self.records[name] for name in TRANSITION_FIELDS}  # writable views per field
         # Fancy-indexing a structured array copies field by field; indexing rows of raw
         # bytes copies each record in one go (3x faster), then a view restores the fields.
         self._rows = self.records.view(np.uint8).reshape(capacity, self.dtype.itemsize)
@@ -76,7 +74,7 @@ class RingBuffer:
 
     def gather(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         rows = self._rows[slots].view(self.dtype).reshape(len(slots))
-        return {name: rows[name] for name in FIELDS}
+        return {name: rows[name] for name in TRANSITION_FIELDS}
 
     def live(self, keys: np.ndarray) -> np.ndarray:
         """Mask of keys whose slot still holds the transition they were sampled as."""

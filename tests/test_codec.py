@@ -63,6 +63,14 @@ def test_round_trip(cls, msg):
     assert_same(m.decode_as(cls, wire, ALL), msg)
 
 
+def test_transition_messages_carry_the_transition_fields_in_order():
+    for cls in (m.InsertBatch, m.SampleBatch):
+        start = cls._fields.index(m.TRANSITION_FIELDS[0])
+        assert cls._fields[start:start + len(m.TRANSITION_FIELDS)] == m.TRANSITION_FIELDS, cls.__name__
+    arrays = [s.name for s in m.replay_schemas((4,), np.float32)[m.INSERT].arrays]
+    assert tuple(arrays[:len(m.TRANSITION_FIELDS)]) == m.TRANSITION_FIELDS
+
+
 def test_decoded_arrays_are_views_not_copies():
     frames = m.pack(SCHEMAS[m.INSERT], make_batch(4))
     wire = [bytearray(memoryview(f).cast("B")) for f in frames]
