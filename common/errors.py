@@ -36,6 +36,23 @@ class RemoteError(QfleetError):
         self.detail = detail
 
 
+class RequestError(QfleetError):
+    """A well-formed message or call asks for what cannot be done: actions or discounts out
+    of range, a batch size over the server's limit, a snapshot from a server that keeps none.
+    Not a `CodecError`: the message decoded fine. `reason` is a short stable tag used in
+    counters and sent back in the error reply."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class EvaluationError(QfleetError):
+    """A greedy evaluation failed (the environment raised, the evaluator process died). The
+    learner reports it and keeps training; that evaluation is skipped."""
+
+
 class EnvironmentSpecError(QfleetError):
     """An environment id is unknown or its spaces are not supported."""
 

@@ -21,7 +21,7 @@ import zmq
 
 from qfleet.common import messages as m
 from qfleet.common.codec import decode
-from qfleet.common.errors import CodecError
+from qfleet.common.errors import CodecError, RequestError
 from qfleet.common.sockets import CurveKeys, bind, make_socket, send_nowait
 from qfleet.replay_server.snapshot import SnapshotStore
 from qfleet.replay_server.table import Table
@@ -145,7 +145,7 @@ class ReplayServer:
             return False
         try:
             self.table.insert({k: getattr(batch, k) for k in m.TRANSITION_FIELDS}, batch.priority)
-        except CodecError as exc:
+        except RequestError as exc:
             self._reject(exc, "insert", transitions=n)
             return True
         self.stored_by_actor[batch.actor_id] += n
@@ -175,7 +175,7 @@ class ReplayServer:
                 self._reply(identity, m.STATS_REPLY, m.StatsReply(request_id, self.snapshot()))
             else:
                 raise CodecError("unknown_type", f"'{msg.type}' is not a request")
-        except CodecError as exc:
+        except (CodecError, RequestError) as exc:
             self._reject(exc, "request")
             self._reply(identity, m.ERROR, m.ErrorReply(request_id if isinstance(request_id, int) else -1,
                                                         exc.reason, exc.detail))
@@ -183,10 +183,10 @@ class ReplayServer:
 
     def _handle_sample(self, identity: bytes, req: m.SampleRequest) -> None:
         if req.batch_size < 1 or req.num_batches < 1 or req.batch_size * req.num_batches > self.max_sample_batch:
-            raise CodecError("bad_batch_size", f"batch_size and num_batches must be >= 1 with batch_size * "
+            raise RequestError("bad_batch_size", f"batch_size and num_batches must be >= 1 with batch_size * "
                                                f"num_batches <= {self.max_sample_batch}")
         if not 0 <= req.beta <= 1:
-            raise CodecError("bad_beta", "beta must be in [0, 1]")
+            raise RequestError("bad_beta", "beta must be in [0, 1]")
         if not self._waiting and self.table.can_sample(req.batch_size * req.num_batches):
             self._send_sample(identity, req)
         elif len(self._waiting) >= MAX_WAITING_SAMPLES:
@@ -222,7 +222,7 @@ class ReplayServer:
         except zmq.Again:
             self.counts["replies_dropped"] += 1
 
-    def _reject(self, exc: CodecError, where: str, transitions: int = 0) -> None:
+    def _reject(self, exc: CodecError | RequestError, where: str, transitions: int = 0) -> None:
         self.rejected[exc.reason] += 1
         self.counts[f"{where}_rejected"] += 1
         self.counts["rejected_transitions"] += transitions
@@ -252,7 +252,7 @@ class ReplayServer:
 
     def snapshot(self) -> dict:
         if self.snapshots is None:
-            raise CodecError("no_snapshots", "this server was started without a snapshot directory")
+            raise RequestError("no_snapshots", "this server was started without a snapshot directory")
         self.counts["snapshots"] += 1
         path = self.snapshots.save(self.table, self._counters())
         self._last_snapshot = time.monotonic()

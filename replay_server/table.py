@@ -2,7 +2,7 @@
 
 This is the whole replay data structure in one process, with no sockets; `ReplayServer`
 serves it over ZeroMQ. Content checks that the codec cannot do (action range, discount
-range, priority sign, key range) live here and raise `CodecError` with a reason tag, so
+range, priority sign, key range) live here and raise `RequestError` with a reason tag, so
 the server counts them with every other rejected message.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from qfleet.common.errors import CodecError
+from qfleet.common.errors import ConfigError, RequestError
 from qfleet.replay_server.rate_limiter import RateLimiter
 from qfleet.replay_server.storage import RingBuffer
 from qfleet.replay_server.sum_tree import SumTree
@@ -25,7 +25,7 @@ class Table:
     def __init__(self, *, capacity: int, obs_shape: Sequence[int], obs_dtype: np.dtype, num_actions: int,
                  prioritized: bool, alpha: float, limiter: RateLimiter, seed: int = 0):
         if limiter.min_size_to_sample > capacity:
-            raise ValueError(f"min_size_to_sample = {limiter.min_size_to_sample} exceeds capacity = {capacity}: "
+            raise ConfigError(f"min_size_to_sample = {limiter.min_size_to_sample} exceeds capacity = {capacity}: "
                              f"the learner would wait forever for data that cannot fit")
         self.storage = RingBuffer(capacity, obs_shape, obs_dtype)
         self.tree = SumTree(capacity) if prioritized else None
@@ -55,11 +55,11 @@ class Table:
         so a rejected batch leaves the table untouched."""
         action, discount = batch["action"], batch["discount"]
         if len(action) and (action.min() < 0 or action.max() >= self.num_actions):
-            raise CodecError("bad_action", f"actions must be in [0, {self.num_actions})")
+            raise RequestError("bad_action", f"actions must be in [0, {self.num_actions})")
         if len(discount) and (discount.min() < 0 or discount.max() > 1):
-            raise CodecError("bad_discount", "discounts must be in [0, 1]")
+            raise RequestError("bad_discount", "discounts must be in [0, 1]")
         if priority is not None and len(priority) and not priority.min() > 0:
-            raise CodecError("bad_priority", "priorities must be > 0")
+            raise RequestError("bad_priority", "priorities must be > 0")
         first_key, stored = self.storage.add(batch)
         if self.tree is not None and stored:
             if priority is None:
@@ -108,9 +108,9 @@ class Table:
         if len(keys) == 0:
             return 0
         if keys.min() < 0:
-            raise CodecError("bad_key", "keys must be >= 0")
+            raise RequestError("bad_key", "keys must be >= 0")
         if not priority.min() > 0:
-            raise CodecError("bad_priority", "priorities must be > 0")
+            raise RequestError("bad_priority", "priorities must be > 0")
         if self.tree is not None:
             stale, top = self.tree.set_live(keys, priority, self.alpha, self.storage.inserted)
             self.max_priority = max(self.max_priority, top)

@@ -15,7 +15,7 @@ import zmq
 from qfleet.common import messages as m
 from qfleet.common.errors import RemoteError
 from qfleet.replay_server.client import ReplayClient
-from tests.conftest import make_batch, python_env
+from tests.conftest import OBS_SHAPE, make_batch, python_env, replay_server_in_thread
 
 ACTORS, BATCHES, BATCH = 3, 20, 50
 
@@ -189,3 +189,21 @@ def test_reply_to_another_request_does_not_hang_the_client(server):
     rid, batch = client.receive(timeout=1)
     assert rid == pending and len(batch.keys) == 8
     client.close()
+
+
+def test_well_formed_requests_that_cannot_be_served_are_answered_and_counted():
+    with replay_server_in_thread(max_message_bytes=1 << 20) as srv:
+        client = ReplayClient(obs_shape=OBS_SHAPE, obs_dtype=np.float32, insert_endpoint=srv.insert_endpoint,
+                              request_endpoint=srv.request_endpoint, timeout=30)
+        bad = make_batch(4)
+        client.insert(bad._replace(action=np.array([0, 1, 2, 0], np.int32)))
+        client.insert(make_batch(8, seq=1))
+        wait_for(lambda: client.stats()["stored"] == 8)
+        with pytest.raises(RemoteError, match="no_snapshots"):
+            client.snapshot()
+        with pytest.raises(RemoteError, match="bad_batch_size"):
+            client.sample(65)
+        stats = client.stats()
+        client.close()
+    assert stats["rejected.bad_action"] == 1 and stats["rejected_transitions"] == 4
+    assert stats["rejected.no_snapshots"] == 1 and stats["rejected.bad_batch_size"] == 1

@@ -3,7 +3,7 @@ and snapshots (atomic, fallback to the previous one when the newest is corrupt).
 import numpy as np
 import pytest
 
-from qfleet.common.errors import CheckpointError, CodecError
+from qfleet.common.errors import CheckpointError, ConfigError, RequestError
 from qfleet.replay_server.rate_limiter import RateLimiter
 from qfleet.replay_server.snapshot import SnapshotStore
 from qfleet.replay_server.table import Table
@@ -93,7 +93,7 @@ def test_stale_priority_updates_are_ignored():
 def test_insert_content_checks_leave_table_untouched(change, reason):
     t = table()
     t.insert(marked(3, 0))
-    with pytest.raises(CodecError) as info:
+    with pytest.raises(RequestError) as info:
         t.insert({**marked(4, 3), **change})
     assert info.value.reason == reason
     assert t.size == 3 and t.storage.inserted == 3
@@ -102,12 +102,12 @@ def test_insert_content_checks_leave_table_untouched(change, reason):
 def test_priority_update_checks():
     t = table()
     t.insert(marked(3, 0))
-    with pytest.raises(CodecError, match="bad_key"):
+    with pytest.raises(RequestError, match="bad_key"):
         t.update_priorities(np.array([-1]), np.ones(1, np.float32))
     assert t.update_priorities(np.array([3, 0]), np.ones(2, np.float32)) == 1  # key 3 does not exist yet
-    with pytest.raises(CodecError, match="bad_priority"):
+    with pytest.raises(RequestError, match="bad_priority"):
         t.update_priorities(np.array([0]), np.zeros(1, np.float32))
-    with pytest.raises(CodecError, match="bad_priority"):
+    with pytest.raises(RequestError, match="bad_priority"):
         t.insert(marked(1, 3), priority=np.array([-1.0], np.float32))
 
 
@@ -156,6 +156,6 @@ def test_snapshot_from_other_env_is_refused(tmp_path):
 def test_min_size_above_capacity_is_refused():
     lim = RateLimiter(min_size_to_sample=100, samples_per_insert=0.0, error_buffer=0.0,
                       max_insert_batch=10, max_sample_batch=10)
-    with pytest.raises(ValueError, match="wait forever"):
+    with pytest.raises(ConfigError, match="wait forever"):
         Table(capacity=50, obs_shape=(4,), obs_dtype=np.float32, num_actions=2, prioritized=True,
               alpha=0.6, limiter=lim)
