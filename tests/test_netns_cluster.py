@@ -3,7 +3,7 @@ each with its own network, PID and mount namespaces and its own sshd), qfleet's
 on-premises config rendered for them, `ray up`, a training job that must solve
 CartPole-v1 with the replay server and learner on the head and transitions from actors
 on both workers, a second job during which a worker host is powered off and which must
-still complete, then `ray down` and nothing left behind (deploy/netns_cluster.py)."""
+still complete, then `ray down` and nothing left behind (tests/cluster/netns_cluster.py)."""
 import json
 import os
 import signal
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from qfleet.deploy.netns_hosts import WORKDIR, leftovers, missing_requirements
-from qfleet.deploy.netns_ray import processes_mentioning, ssh_control_dir
+from tests.cluster.netns_hosts import WORKDIR, leftovers, missing_requirements
+from tests.cluster.netns_ray import processes_mentioning, ssh_control_dir
 from tests.conftest import python_env
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.long]
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS_TIMEOUT_S = 540
 
@@ -35,7 +35,7 @@ def skip_reason() -> str | None:
 @pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 def test_ray_up_on_namespace_hosts(tmp_path):
     report_path = tmp_path / "report.json"
-    proc = subprocess.Popen([sys.executable, "-m", "qfleet.deploy.netns_cluster", "test", "--report", str(report_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.netns_cluster", "test", "--report", str(report_path)],
                             cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = proc.communicate(timeout=HARNESS_TIMEOUT_S)
@@ -46,7 +46,7 @@ def test_ray_up_on_namespace_hosts(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-            subprocess.run([sys.executable, "-m", "qfleet.deploy.netns_cluster", "down"], cwd=ROOT, env=python_env(),
+            subprocess.run([sys.executable, "-m", "tests.cluster.netns_cluster", "down"], cwd=ROOT, env=python_env(),
                            capture_output=True, timeout=300)
     assert proc.returncode == 0, output[-6000:]
     report = json.loads(report_path.read_text())

@@ -1,13 +1,13 @@
 """`ray up` for real on one Linux machine: an on-premises (Ray `local` provider) cluster of
 three hosts made of namespaces, driven end to end.
 
-    python -m qfleet.deploy.netns_cluster test   # hosts, ray up, jobs, a worker killed, ray down; timings
-    python -m qfleet.deploy.netns_cluster up     # hosts and ray up only; the cluster stays up
-    python -m qfleet.deploy.netns_cluster down   # ray down, then remove everything made here (by name)
+    python -m tests.cluster.netns_cluster test   # hosts, ray up, jobs, a worker killed, ray down; timings
+    python -m tests.cluster.netns_cluster up     # hosts and ray up only; the cluster stays up
+    python -m tests.cluster.netns_cluster down   # ray down, then remove everything made here (by name)
 
 `test` times every step, prints it and writes a JSON report (`--report`), and always
 tears down what it built, also when a step fails or it is interrupted. Needs root,
-iproute2, util-linux (`unshare`), openssh-server and rsync; see deploy/netns_hosts.py for
+iproute2, util-linux (`unshare`), openssh-server and rsync; see tests/cluster/netns_hosts.py for
 how the hosts are made and docs/cluster-test.md for a worked example with timings.
 """
 from __future__ import annotations
@@ -22,10 +22,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from qfleet.common.errors import ClusterTestError
-from qfleet.deploy.netns_hosts import Hosts, leftovers, missing_requirements, remove_leftovers, run
-from qfleet.deploy.netns_jobs import solve, survive_worker_loss
-from qfleet.deploy.netns_ray import RayCli, remove_ssh_control_dir
+from tests.cluster import ClusterTestError
+from tests.cluster.netns_hosts import Hosts, leftovers, missing_requirements, remove_leftovers, run
+from tests.cluster.netns_jobs import solve, survive_worker_loss
+from tests.cluster.netns_ray import RayCli, remove_ssh_control_dir
 
 
 class Timings:
@@ -66,7 +66,7 @@ def check_machine(subnet: str) -> None:
     found = leftovers()
     if found:
         raise ClusterTestError(f"a cluster from an earlier run is still there ({', '.join(found)}); "
-                               "remove it with `python -m qfleet.deploy.netns_cluster down`")
+                               "remove it with `python -m tests.cluster.netns_cluster down`")
 
 
 def bring_up(hosts: Hosts, cli: RayCli, timings: Timings) -> dict:
@@ -120,7 +120,7 @@ def test(args: argparse.Namespace) -> int:
     hosts, timings = Hosts(subnet=args.subnet), Timings()
     cli = RayCli(hosts)
     report_path = Path(args.report or f"runs/netns-cluster/report-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    report = {"command": " ".join([Path(sys.executable).name, "-m", "qfleet.deploy.netns_cluster", *sys.argv[1:]]),
+    report = {"command": " ".join([Path(sys.executable).name, "-m", "tests.cluster.netns_cluster", *sys.argv[1:]]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "hosts": {h.name: h.ip for h in hosts.all},
               "ok": False, "error": None, "steps": timings.steps}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # run the finally below
@@ -171,7 +171,7 @@ def up(args: argparse.Namespace) -> int:
     say(f"cluster up: head {hosts.head.ip}, workers {', '.join(w.ip for w in hosts.workers)}; submit jobs with\n"
         f"  RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat {cli.token_file}) ray job submit --address {cli.dashboard} "
         "--working-dir . -- qfleet train --backend ray --actors 4\n"
-        f"and remove it with `python -m qfleet.deploy.netns_cluster down`")
+        f"and remove it with `python -m tests.cluster.netns_cluster down`")
     return 0
 
 
@@ -189,7 +189,7 @@ def down(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qfleet.deploy.netns_cluster", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster.netns_cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("test", "up", "down"))
     parser.add_argument("--subnet", default="10.213.0", help="first three octets of the hosts' private /24")
     parser.add_argument("--report", help="JSON report of `test` (default runs/netns-cluster/report-<time>.json); "

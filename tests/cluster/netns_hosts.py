@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from qfleet.common.errors import ClusterTestError
+from tests.cluster import ClusterTestError
 
 PREFIX = "qfnc"                       # every netns, link and directory made here starts with it
 WORKDIR = Path("/tmp") / PREFIX       # short on purpose: Ray's unix socket paths must stay short

@@ -11,9 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from qfleet.common.errors import ClusterTestError
-from qfleet.deploy.netns_hosts import Host, Hosts
-from qfleet.deploy.netns_ray import REPO, RayCli
+from tests.cluster import ClusterTestError
+from tests.cluster.netns_hosts import Host, Hosts
+from tests.cluster.netns_ray import REPO, RayCli
 
 EXCLUDES = [".venv", ".git", "runs", "bench-results", "**/__pycache__"]
 

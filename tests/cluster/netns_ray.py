@@ -23,12 +23,12 @@ from pathlib import Path
 
 import yaml
 
-from qfleet.common.errors import ClusterTestError
-from qfleet.deploy.cluster_command import render_onprem
-from qfleet.deploy.netns_hosts import PREFIX, Hosts
+from qfleet.deploy.cli.cluster_config import render_onprem
+from tests.cluster import ClusterTestError
+from tests.cluster.netns_hosts import PREFIX, Hosts
 
 CLUSTER_NAME = f"{PREFIX}-onprem"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DASHBOARD_PORT = 8265
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
