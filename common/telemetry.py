@@ -16,6 +16,11 @@ from qfleet.common import messages as m
 from qfleet.common.sockets import CurveKeys, make_socket, send_frames, send_nowait
 
 
+def component_name(role: str, index: int = 0) -> str:
+    """How logs, faults and files name a component: 'replay', 'learner', 'actor-3'."""
+    return role if role != "actor" else f"actor-{index}"
+
+
 class Telemetry:
     def __init__(self, endpoint: Optional[str], role: str, index: int = 0, keys: Optional[CurveKeys] = None):
         self.role, self.index = role, index

@@ -1,7 +1,8 @@
 """Running one component: build it from its config section, wire it, run it, report.
 
 Each role has a body, `run_replay` / `run_learner` / `run_actor`, that works the same in a
-spawned process (local mode, `*_main` below) and inside a Ray actor (`deploy.ray_host`).
+spawned process (local mode, `deploy.local.children`) and inside a Ray actor
+(`deploy.ray.host`). Each gets its own config section plus the run plan (`deploy.plan`).
 A component that binds sockets announces its endpoints with a `ready` report; one that
 needs other components' endpoints waits for a `Wiring` on its control channel.
 
@@ -11,10 +12,10 @@ needs other components' endpoints waits for a `Wiring` on its control channel.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
-import signal
 import threading
 import traceback
 from dataclasses import dataclass
@@ -22,20 +23,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable, Optional
 
-import zmq
-
-from qfleet.common.config import QfleetConfig
-from qfleet.common.config_loader import config_to_dict
-from qfleet.common.envs import EnvSpec
+from qfleet.common.config import ActorConfig, LearnerConfig, ReplayConfig
 from qfleet.common.errors import QfleetError
-from qfleet.common.netspec import NetSpec
 from qfleet.common.sockets import CurveKeys
 from qfleet.common.telemetry import Telemetry
-from qfleet.deploy.processes import StopFlag, setup_logging
+from qfleet.deploy.plan import RunPlan
+from qfleet.deploy.processes import StopFlag
 
 log = logging.getLogger("qfleet")
 WIRING_TIMEOUT_S = 120.0
-STOPPING_SIGNAL = signal.SIGUSR1  # local mode: the launcher tells the replay server the run is stopping
 
 
 @dataclass(frozen=True)
@@ -73,13 +69,6 @@ class Placement:
         return bound.replace(self.host, self.advertise, 1) if self.advertise else bound
 
 
-def net_spec(cfg: QfleetConfig, env: EnvSpec) -> NetSpec:
-    """The Q-network for the run's observations: a CNN on stacked frames, an MLP otherwise."""
-    if env.pixels is not None:
-        return NetSpec("cnn", env.obs_shape, env.num_actions, tuple(cfg.learner.cnn_hidden), cfg.learner.dueling)
-    return NetSpec("mlp", env.obs_shape, env.num_actions, tuple(cfg.learner.hidden), cfg.learner.dueling)
-
-
 def sent_file(place: Placement, index: int, incarnation: int) -> Optional[str]:
     """Where actor `index` (its `incarnation`-th process) keeps its sent-transition count."""
     if not place.run_dir:
@@ -88,7 +77,7 @@ def sent_file(place: Placement, index: int, incarnation: int) -> Optional[str]:
     return os.path.join(place.run_dir, "counters", f"actor-{index}.{incarnation}.sent")
 
 
-def _in_run_dir(place: Placement, name: str) -> Optional[str]:
+def in_run_dir(place: Placement, name: str) -> Optional[str]:
     return os.path.join(place.run_dir, name) if place.run_dir else None
 
 
@@ -141,16 +130,17 @@ ACTOR_LINGER_S = 1.5  # within the launcher's 0.6 x SHUTDOWN_GRACE_S for actors,
 
 
 # -- the bodies ------------------------------------------------------------------------------
-def run_replay(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, stop: StopFlag,
+def run_replay(cfg: ReplayConfig, plan: RunPlan, place: Placement, start: Start, stop: StopFlag,
                telemetry: Telemetry, stopping: Optional[threading.Event] = None) -> None:
     """`stopping` is set when the run begins to stop: from then on every insert is stored
     (the rate limiter would hold the actors' last pushes while the learner stops sampling)."""
     from qfleet.replay_server.build import build_replay_server
 
     insert_port, request_port = start.ports or (0, 0)
-    server = build_replay_server(cfg.replay, env, max_sample_batch=cfg.learner.batch_size * cfg.learner.batches_per_request,
-                                 host=place.host, insert_port=insert_port, request_port=request_port,
-                                 keys=place.keys, snapshot_dir=_in_run_dir(place, "replay"), seed=cfg.run.seed)
+    server = build_replay_server(dataclasses.replace(cfg, error_buffer=plan.error_buffer), plan.env,
+                                 max_sample_batch=plan.sample_batch, host=place.host, insert_port=insert_port,
+                                 request_port=request_port, keys=place.keys,
+                                 snapshot_dir=in_run_dir(place, "replay"), seed=plan.seed)
     restored = server.restore() if start.resume else None
     if restored:
         log.info("replay restored from %s (%d transitions)", restored, server.table.size)
@@ -170,30 +160,28 @@ def run_replay(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, 
         server.close()
 
 
-def run_learner(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, stop: StopFlag,
-                telemetry: Telemetry, control: Control, solved_threshold: Optional[float],
-                on_checkpoint: Callable[[Path], None] = lambda path: None) -> None:
+def run_learner(cfg: LearnerConfig, plan: RunPlan, place: Placement, start: Start, stop: StopFlag,
+                telemetry: Telemetry, control: Control, on_checkpoint: Callable[[Path], None] = lambda path: None) -> None:
     from qfleet.learner.backend import resolve_device
     from qfleet.learner.checkpoint import load_checkpoint
     from qfleet.learner.learner import Learner
     from qfleet.learner.publisher import WeightPublisher
     from qfleet.replay_server.client import ReplayClient
 
-    spec = net_spec(cfg, env)
-    publisher = WeightPublisher(spec=spec, host=place.host, port=start.ports[0] if start.ports else 0,
-                                keys=place.keys, republish_s=cfg.learner.republish_s, epoch=start.epoch)
+    publisher = WeightPublisher(spec=plan.net, host=place.host, port=start.ports[0] if start.ports else 0,
+                                keys=place.keys, republish_s=cfg.republish_s, epoch=start.epoch)
     telemetry.report({"event": "ready", "weights": place.endpoint(publisher.endpoint)})
     wiring = control.wait_wiring(stop)
     if wiring is None:
         return
-    replay = ReplayClient(obs_shape=env.obs_shape, obs_dtype=env.obs_dtype, request_endpoint=wiring.replay_request,
-                          keys=place.keys, timeout=cfg.learner.sample_timeout_s)
-    device = resolve_device(cfg.learner.device)
-    checkpoint = _in_run_dir(place, "checkpoint.npz")
-    learner = Learner(cfg=cfg.learner, spec=spec, env=env, solved_threshold=solved_threshold,
-                      replay=replay, publisher=publisher, device=device, seed=cfg.run.seed, telemetry=telemetry,
-                      checkpoint_path=Path(checkpoint) if checkpoint else None, max_updates=cfg.run.max_updates,
-                      meta={"env": cfg.run.env, "config": config_to_dict(cfg)}, run_state=control.run_state,
+    replay = ReplayClient(obs_shape=plan.env.obs_shape, obs_dtype=plan.env.obs_dtype,
+                          request_endpoint=wiring.replay_request, keys=place.keys, timeout=cfg.sample_timeout_s)
+    device = resolve_device(cfg.device)
+    checkpoint = in_run_dir(place, "checkpoint.npz")
+    learner = Learner(cfg=cfg, spec=plan.net, env=plan.env, solved_threshold=plan.solved_threshold,
+                      replay=replay, publisher=publisher, device=device, seed=plan.seed, telemetry=telemetry,
+                      checkpoint_path=Path(checkpoint) if checkpoint else None, max_updates=plan.max_updates,
+                      meta={"env": plan.env_name, "config": plan.config}, run_state=control.run_state,
                       on_checkpoint=on_checkpoint)
     if start.resume and checkpoint and Path(checkpoint).exists():
         learner.restore(*load_checkpoint(checkpoint))
@@ -204,7 +192,7 @@ def run_learner(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start,
     replay.close()
 
 
-def run_actor(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, stop: StopFlag,
+def run_actor(cfg: ActorConfig, plan: RunPlan, place: Placement, start: Start, stop: StopFlag,
               telemetry: Telemetry, control: Control, index: int) -> None:
     from qfleet.actors.actor import Actor
     from qfleet.actors.weights import WeightSubscriber
@@ -213,13 +201,13 @@ def run_actor(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start, s
     wiring = control.wait_wiring(stop)
     if wiring is None:
         return
-    replay = ReplayClient(obs_shape=env.obs_shape, obs_dtype=env.obs_dtype, insert_endpoint=wiring.replay_insert,
-                          keys=place.keys, insert_hwm=4)
-    weights = WeightSubscriber(spec=net_spec(cfg, env), endpoint=wiring.weights, keys=place.keys)
+    replay = ReplayClient(obs_shape=plan.env.obs_shape, obs_dtype=plan.env.obs_dtype,
+                          insert_endpoint=wiring.replay_insert, keys=place.keys, insert_hwm=4)
+    weights = WeightSubscriber(spec=plan.net, endpoint=wiring.weights, keys=place.keys)
     # A restarted actor gets fresh randomness, not a replay of its predecessor's.
-    actor = Actor(cfg=cfg.actor, index=index, num_actors=cfg.run.actors, env=env, net=net_spec(cfg, env),
-                  replay=replay, weights=weights, max_insert_batch=cfg.replay.max_insert_batch,
-                  seed=cfg.run.seed + 7919 * start.incarnation, telemetry=telemetry,
+    actor = Actor(cfg=cfg, index=index, num_actors=plan.actors, env=plan.env, net=plan.net,
+                  replay=replay, weights=weights, max_insert_batch=plan.max_insert_batch,
+                  seed=plan.seed + 7919 * start.incarnation, telemetry=telemetry,
                   sent_file=sent_file(place, index, start.incarnation))
     if start.schedule:
         actor.schedule.load(start.schedule)
@@ -237,46 +225,3 @@ def report_crash(name: str, telemetry: Telemetry, exc: BaseException) -> None:
     else:
         log.error("%s crashed:\n%s", name, traceback.format_exc())
     telemetry.report({"event": "error", "message": detail[:2000]})
-
-
-# -- local mode: one spawned process per component --------------------------------------------
-def _process(role: str, index: int, place: Placement, body: Callable[[StopFlag, Telemetry], None]) -> None:
-    name = role if role != "actor" else f"actor-{index}"
-    log_path = _in_run_dir(place, os.path.join("logs", f"{name}.log"))
-    if log_path:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    setup_logging(name, path=log_path)
-    stop = StopFlag(watch_parent=True)
-    telemetry = Telemetry(place.telemetry, role, index, keys=place.keys)
-    try:
-        body(stop, telemetry)
-    except BaseException as exc:
-        report_crash(name, telemetry, exc)
-        _close_sockets(telemetry)
-        raise SystemExit(1)
-    _close_sockets(telemetry)
-
-
-def _close_sockets(telemetry: Telemetry) -> None:
-    """A spawned process ends in os._exit, which never terminates ZeroMQ's context: what
-    sockets still queue (an actor's last inserts, the final report) would die with its I/O
-    thread. Terminating the context waits for them, each socket within its own linger."""
-    telemetry.close()
-    zmq.Context.instance().destroy()
-
-
-def replay_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start) -> None:
-    stopping = threading.Event()
-    signal.signal(STOPPING_SIGNAL, lambda signum, frame: stopping.set())
-    _process("replay", 0, place, lambda stop, tel: run_replay(cfg, env, place, start, stop, tel, stopping))
-
-
-def learner_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, pipe: Connection, start: Start,
-                 solved_threshold: Optional[float]) -> None:
-    _process("learner", 0, place, lambda stop, tel: run_learner(cfg, env, place, start, stop, tel, Control(pipe),
-                                                                solved_threshold))
-
-
-def actor_main(cfg: QfleetConfig, env: EnvSpec, place: Placement, pipe: Connection, index: int, start: Start) -> None:
-    _process("actor", index, place, lambda stop, tel: run_actor(cfg, env, place, start, stop, tel, Control(pipe),
-                                                                index))

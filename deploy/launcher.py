@@ -2,7 +2,7 @@
 telemetry socket, print the status line, write metrics and episodes, keep checkpoints the
 learner ships, record faults, decide when to stop, and sum the run up.
 
-Subclasses (`deploy.local.LocalLauncher`, `deploy.ray_backend.RayLauncher`) start the
+Subclasses (`deploy.local.launcher.LocalLauncher`, `deploy.ray.backend.RayLauncher`) start the
 components, check on them, send them control messages and stop them.
 """
 from __future__ import annotations
@@ -17,10 +17,11 @@ import zmq
 from qfleet.common import messages as m
 from qfleet.common.codec import decode
 from qfleet.common.config import QfleetConfig
-from qfleet.common.envs import EnvSpec
-from qfleet.common.errors import CodecError, QfleetTimeout
+from qfleet.common.errors import CodecError, LaunchError, QfleetTimeout
 from qfleet.common.metrics import MetricsWriter
 from qfleet.common.sockets import CurveKeys, bind, make_socket
+from qfleet.common.telemetry import component_name
+from qfleet.deploy.plan import RunPlan
 from qfleet.deploy.processes import StopFlag
 from qfleet.deploy.progress import Progress
 from qfleet.replay_server.client import ReplayClient
@@ -31,10 +32,10 @@ SHUTDOWN_GRACE_S = 4.5  # within the 5 s a user waits after Ctrl-C; each step en
 
 
 class Launcher:
-    def __init__(self, cfg: QfleetConfig, env: EnvSpec, run_dir: Path, stop: StopFlag,
+    def __init__(self, cfg: QfleetConfig, plan: RunPlan, run_dir: Path, stop: StopFlag,
                  say: Callable[[str], None] = print, resume_state: Optional[dict] = None,
                  bind_host: str = "127.0.0.1", keys: Optional[CurveKeys] = None):
-        self.cfg, self.env, self.run_dir = cfg, env, run_dir
+        self.cfg, self.plan, self.run_dir = cfg, plan, run_dir
         self.stop, self.say = stop, say
         self.resume_state = resume_state  # the checkpoint's run_state when resuming, else None
         self.keys = keys
@@ -69,7 +70,7 @@ class Launcher:
 
     # -- the replay server's own counters ------------------------------------------------------
     def _connect_replay(self, request_endpoint: str) -> None:
-        self.replay_client = ReplayClient(obs_shape=self.env.obs_shape, obs_dtype=self.env.obs_dtype,
+        self.replay_client = ReplayClient(obs_shape=self.plan.env.obs_shape, obs_dtype=self.plan.env.obs_dtype,
                                           request_endpoint=request_endpoint, keys=self.keys, timeout=0.5)
 
     def _poll_replay(self) -> None:
@@ -143,7 +144,7 @@ class Launcher:
     def _note_recovery(self, report: m.Report) -> None:
         """Close the open fault of this component: a ready report (replay, learner) or the
         first report of a restarted actor (told from its predecessor's by the pid)."""
-        name = report.role if report.role != "actor" else f"actor-{report.index}"
+        name = component_name(report.role, report.index)
         fault = next((f for f in self.faults if f["name"] == name and f["recovered_after_s"] is None
                       and report.values.get("pid") != f["pid"]), None)
         if fault is None or (report.role != "actor" and report.values.get("event") != "ready"):
@@ -198,9 +199,9 @@ class Launcher:
                 return
             failure = dead()
             if failure:
-                raise RuntimeError(failure)
+                raise LaunchError(failure)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"components not ready after {STARTUP_TIMEOUT_S:g} s: "
+                raise LaunchError(f"components not ready after {STARTUP_TIMEOUT_S:g} s: "
                                    f"ready {sorted(self.progress.ready)}")
             self._drain_telemetry(0.05)
 
@@ -222,7 +223,7 @@ class Launcher:
                 if time.monotonic() - last_tick >= self.cfg.run.status_every_s:
                     self._tick()
                     last_tick = time.monotonic()
-        except RuntimeError as exc:
+        except LaunchError as exc:
             failure, reason = str(exc), "failed"
         finally:
             self._shutdown()
@@ -241,7 +242,7 @@ class Launcher:
     def summary(self, reason: str) -> dict:
         p = self.progress
         return {"algorithm": "dqn", "reason": reason, "env": self.cfg.run.env, "backend": self.cfg.run.backend,
-                "solved_threshold": self.cfg.learner.solved_threshold,
+                "solved_threshold": self.plan.solved_threshold,
                 "solved": p.solved_after_s is not None, "solved_after_s": p.solved_after_s,
                 "solved_wall_time": p.solved_wall, "started_wall_time": p.started_wall, "elapsed_s": p.elapsed,
                 "env_steps": p.env_steps(), "transitions_sent": p.sent(),
@@ -253,6 +254,3 @@ class Launcher:
                 "actors": {str(i): a for i, a in sorted(p.actors.items())},
                 "errors": p.errors, "run_dir": str(self.run_dir)}
 
-
-def write_summary(run_dir: Path, summary: dict) -> None:
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

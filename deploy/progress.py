@@ -10,6 +10,7 @@ import numpy as np
 
 from qfleet.common import messages as m
 from qfleet.common.metrics import Episode
+from qfleet.common.telemetry import component_name
 
 
 class Progress:
@@ -52,7 +53,7 @@ class Progress:
         v = report.values
         event = v.get("event")
         steps_before = self.env_steps()
-        name = report.role if report.role != "actor" else f"actor-{report.index}"
+        name = component_name(report.role, report.index)
         if event == "ready":
             self.ready[report.role] = v
         elif event == "error":

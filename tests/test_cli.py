@@ -1,5 +1,6 @@
 """The `qfleet` command line: help lists the subcommands, bad flags give clear errors."""
 import subprocess
+import sys
 
 import pytest
 
@@ -22,6 +23,25 @@ def test_help_lists_every_subcommand(qfleet_cmd):
 def test_each_subcommand_has_help(qfleet_cmd, name):
     out = run(qfleet_cmd, name, "--help")
     assert out.returncode == 0 and "usage: qfleet " + name in out.stdout
+
+
+HEAVY = ("numba", "torch", "ray", "zmq", "matplotlib", "qfleet.replay_server.sum_tree")
+
+
+# Runs the CLI as `python -m qfleet` does and prints every loaded module when it exits.
+MODULES_AT_EXIT = ("import atexit, runpy, sys\n"
+                   "atexit.register(lambda: print('MODULES', ' '.join(sorted(sys.modules)), file=sys.stderr))\n"
+                   "sys.argv = ['qfleet', *sys.argv[1:]]\n"
+                   "runpy.run_module('qfleet', run_name='__main__', alter_sys=True)\n")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["bench", "scaling", "--help"]])
+def test_help_imports_nothing_heavy(args):
+    out = run([sys.executable, "-c", MODULES_AT_EXIT], *args)
+    assert out.returncode == 0 and "usage: qfleet" in out.stdout, out.stderr[-2000:]
+    modules = set(out.stderr.split("MODULES", 1)[1].split())
+    assert "qfleet.deploy.cli.train" in modules  # the parser was built: every subcommand module is loaded
+    assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
 
 
 def test_unknown_flag_is_a_clear_error(qfleet_cmd):

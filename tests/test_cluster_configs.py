@@ -62,7 +62,7 @@ def test_pins_components_to_node_types(path):
 def test_rendered_onprem_config_validates():
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    from qfleet.deploy.cluster_command import render_onprem
+    from qfleet.deploy.cli.cluster_config import render_onprem
 
     cfg = render_onprem(head_ip="10.1.0.2", worker_ips=["10.1.0.3", "10.1.0.4"], ssh_user="qf", ssh_key="/k",
                         env_dir="/opt/env", ray_start_args=("--temp-dir=/tmp/ray-x",), auth_token_file="/run/tok")

@@ -132,13 +132,18 @@ def test_describe_env_with_pixels():
 def test_train_refuses_pixel_sizes_that_cannot_work():
     import argparse
 
-    from qfleet.deploy.train_command import add_arguments, resolve
+    from qfleet.deploy.cli.train import add_arguments, load_run_config
+    from qfleet.deploy.plan import make_plan
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    cfg, env = resolve(parser.parse_args(["--config", "deploy/configs/cartpole-pixels.yaml"]))
-    assert cfg.run.obs == "pixels" and env.obs_shape == (4, 84, 84) and env.obs_dtype == np.uint8
+
+    def plan(*argv):
+        return make_plan(load_run_config(parser.parse_args(list(argv))))
+
+    env = plan("--config", "deploy/configs/cartpole-pixels.yaml").env
+    assert env.pixels is not None and env.obs_shape == (4, 84, 84) and env.obs_dtype == np.uint8
     with pytest.raises(ConfigError, match=r"a sample reply would be 2048 transitions x 56,460 bytes = 110 MiB"):
-        resolve(parser.parse_args(["--obs", "pixels", "--set", "learner.batches_per_request=8"]))
+        plan("--obs", "pixels", "--set", "learner.batches_per_request=8")
     with pytest.raises(ConfigError, match=r"replay.capacity = 10,000,000 transitions of 56,460 bytes needs 525.8 GiB"):
-        resolve(parser.parse_args(["--obs", "pixels", "--set", "replay.capacity=10000000"]))
+        plan("--obs", "pixels", "--set", "replay.capacity=10000000")

@@ -42,8 +42,9 @@ def test_train_solves_cartpole_and_accounts_for_every_transition(qfleet_cmd, tmp
         assert replay[f"stored_by_actor.{index}"] == actor["transitions_sent"], (index, actor, replay)
     assert replay["stored"] == sum(a["transitions_sent"] for a in summary["actors"].values())
 
-    # The run directory holds the resolved config, metrics and a checkpoint that plays greedily.
-    assert "solved_threshold: 475.0" in (run / "config.yaml").read_text()
+    # The run directory holds the config, metrics and a checkpoint that plays greedily; the
+    # threshold is derived from the environment, not written into the config.
+    assert summary["solved_threshold"] == 475.0 and "solved_threshold: null" in (run / "config.yaml").read_text()
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert any('"eval/return_mean"' in line for line in lines)
     arrays, meta = load_checkpoint(run / "checkpoint.npz")
@@ -82,3 +83,25 @@ def test_killed_actor_is_restarted_and_run_completes(qfleet_cmd, tmp_path):
     new_pid = json.loads((run / "processes.json").read_text())["actor-0"]
     assert new_pid != victim
     assert not psutil.pid_exists(new_pid) or psutil.Process(new_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_resume_derives_sizes_for_its_own_settings(qfleet_cmd, tmp_path):
+    """config.yaml keeps only what the user set: a resumed run with more batches per request
+    derives its own rate-limiter error buffer (a saved one, derived for the first run's
+    sample batch, made the resume refuse to start with a deadlock error)."""
+    base = qfleet_cmd + ["train", "--actors", "1", "--seed", "0", "--run-dir", str(tmp_path), "--name", "run",
+                         "--set", "run.stop_when_solved=false", "--no-plot"]
+    first = subprocess.run(base + ["--set", "run.max_updates=40"], capture_output=True, text=True,
+                           env=python_env(), timeout=240)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    run = tmp_path / "run"
+    saved = (run / "config.yaml").read_text()
+    assert "error_buffer: 0.0" in saved and "solved_threshold: null" in saved
+    second = subprocess.run(base + ["--resume", str(run), "--set", "learner.batches_per_request=8",
+                                    "--set", "run.max_updates=80"], capture_output=True, text=True,
+                            env=python_env(), timeout=240)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["reason"] == "update budget reached" and summary["updates"] >= 80, summary
+    assert summary["solved_threshold"] == 475.0
+    assert "batches_per_request: 8" in (run / "config.yaml").read_text()

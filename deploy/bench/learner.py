@@ -104,7 +104,7 @@ def drive(update, batches: list[dict], *, seconds: float, publish_every: int, wa
 def isolated(name: str, device: str, seconds: float) -> dict:
     """The isolated measurement in a fresh process with the learner's thread settings (as
     the launcher starts it: one BLAS/OpenMP thread unless learner.threads says otherwise)."""
-    from qfleet.deploy.children import blas_threads
+    from qfleet.deploy.local.children import blas_threads
 
     ctx = mp.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)

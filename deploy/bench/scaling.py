@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from qfleet.common.errors import LaunchError
 from qfleet.deploy.bench.report import machine, markdown_table, write_json
 
 
@@ -74,7 +75,7 @@ def measure(n: int, mode: str, args: argparse.Namespace, root_dir: Path) -> dict
         deadline = time.monotonic() + 180
         while not any(t.get("learner/updates") for t in ticks(run)):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name}: training never started: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+                raise LaunchError(f"{name}: training never started: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
             time.sleep(0.2)
         time.sleep(args.warmup)
         start_tick = ticks(run)[-1]

@@ -1,5 +1,8 @@
-"""The `qfleet` command line. Each subcommand's module is imported only when it runs, so
-`qfleet --help` and light commands start fast."""
+"""The `qfleet` command line: one module per subcommand, each with `add_arguments(parser)`
+and `run(args)`. Building the parser imports every subcommand module, so their top levels
+import only the standard library and light qfleet modules; what a command needs to run
+(numba, torch, Ray, ZeroMQ, matplotlib) is imported inside its `run()`, and `qfleet --help`
+starts fast (tests/test_cli.py checks it)."""
 from __future__ import annotations
 
 import argparse
@@ -10,14 +13,14 @@ from qfleet.common.errors import QfleetError
 
 # subcommand -> (module with add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
-    "train": ("qfleet.deploy.train_command", "train a DQN agent: replay server, learner and actors (local mode by default)"),
-    "replay-server": ("qfleet.deploy.replay_process", "run one replay server on its own (manual and cluster deployments)"),
-    "eval": ("qfleet.deploy.eval_command", "evaluate a checkpoint greedily (mean, std, min, max); --gif records it playing"),
-    "plot": ("qfleet.deploy.plot_command", "plot learning curves and throughput of one or more run directories as a PNG"),
-    "baseline": ("qfleet.deploy.baseline_command", "train a baseline (random search, REINFORCE) that writes the same metrics"),
-    "config": ("qfleet.deploy.config_command", "show the default or resolved configuration with every field's meaning"),
-    "bench": ("qfleet.deploy.bench.command", "benchmarks that write their numbers to JSON and a table"),
-    "cluster-config": ("qfleet.deploy.cluster_command", "render the on-premises cluster config for `ray up`"),
+    "train": ("qfleet.deploy.cli.train", "train a DQN agent: replay server, learner and actors (local mode by default)"),
+    "replay-server": ("qfleet.deploy.cli.replay_server", "run one replay server on its own (manual and cluster deployments)"),
+    "eval": ("qfleet.deploy.cli.eval", "evaluate a checkpoint greedily (mean, std, min, max); --gif records it playing"),
+    "plot": ("qfleet.deploy.cli.plot", "plot learning curves and throughput of one or more run directories as a PNG"),
+    "baseline": ("qfleet.deploy.cli.baseline", "train a baseline (random search, REINFORCE) that writes the same metrics"),
+    "config": ("qfleet.deploy.cli.config", "show the default or resolved configuration with every field's meaning"),
+    "bench": ("qfleet.deploy.cli.bench", "benchmarks that write their numbers to JSON and a table"),
+    "cluster-config": ("qfleet.deploy.cli.cluster_config", "render the on-premises cluster config for `ray up`"),
 }
 
 

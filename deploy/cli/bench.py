@@ -1,4 +1,5 @@
-"""`qfleet bench <name>`: dispatch to one benchmark module."""
+"""`qfleet bench <name>`: dispatch to one benchmark module (deploy/bench/). Their top levels
+stay light too: the parser imports each for its arguments and description."""
 from __future__ import annotations
 
 import argparse

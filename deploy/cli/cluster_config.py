@@ -34,7 +34,7 @@ def render_onprem(*, head_ip: str, worker_ips: list[str], ssh_user: str, ssh_key
     `--node-ip-address=$(hostname -i)` is evaluated on each node)."""
     if head_ip in worker_ips:
         raise ConfigError(f"--head-ip {head_ip} is also listed as a worker")
-    template = resources.files("deploy").joinpath("cluster/onprem.yaml").read_text()
+    template = resources.files("qfleet.deploy").joinpath("cluster/onprem.yaml").read_text()
     cfg = yaml.safe_load(template)
     cfg["cluster_name"] = cluster_name
     cfg["provider"] = {"type": "local", "head_ip": head_ip, "worker_ips": list(worker_ips)}

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import numpy as np
-
-from qfleet.common.envs import EnvSpec, describe_env
 from qfleet.common.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from qfleet.common.envs import EnvSpec
 
 
 def add_gif_options(p: argparse.ArgumentParser) -> None:
@@ -49,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qfleet.common.envs import describe_env
     from qfleet.learner.checkpoint import load_policy
     from qfleet.learner.evaluation import evaluate, greedy_policy
 

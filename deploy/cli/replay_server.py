@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 
 from qfleet.common.config_loader import load_config
-from qfleet.common.envs import describe_run_env
 from qfleet.deploy.processes import StopFlag, setup_logging
-from qfleet.replay_server.build import build_replay_server
 
 log = logging.getLogger("qfleet.replay")
 
@@ -25,13 +24,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qfleet.deploy.plan import make_plan
+    from qfleet.replay_server.build import build_replay_server
+
     setup_logging("replay")
     overrides = list(args.set) + ([f"run.env={args.env}"] if args.env else [])
     cfg = load_config(args.config, overrides)
-    spec = describe_run_env(cfg)
-    server = build_replay_server(cfg.replay, spec, max_sample_batch=cfg.learner.batch_size, host=args.bind,
-                                 insert_port=args.insert_port, request_port=args.request_port,
-                                 snapshot_dir=args.snapshot_dir, seed=cfg.run.seed)
+    plan = make_plan(cfg)  # sized for the learner's requests: batch_size x batches_per_request
+    server = build_replay_server(dataclasses.replace(cfg.replay, error_buffer=plan.error_buffer), plan.env,
+                                 max_sample_batch=plan.sample_batch, host=args.bind, insert_port=args.insert_port,
+                                 request_port=args.request_port, snapshot_dir=args.snapshot_dir, seed=plan.seed)
     if args.resume:
         if not args.snapshot_dir:
             raise SystemExit("--resume needs --snapshot-dir")

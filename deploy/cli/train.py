@@ -1,22 +1,17 @@
-"""`qfleet train`: resolve and check the config, create the run directory, run the system."""
+"""`qfleet train`: load the config, plan and check the run, create the run directory, run the system."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import time
 from pathlib import Path
-
-import psutil
+from typing import TYPE_CHECKING
 
 from qfleet.common.config import QfleetConfig
 from qfleet.common.config_loader import load_config, save_config
-from qfleet.common.envs import EnvSpec, describe_env, describe_run_env
-from qfleet.common.errors import ConfigError
-from qfleet.deploy.eval_command import add_gif_options
-from qfleet.deploy.processes import StopFlag
-from qfleet.replay_server.build import effective_error_buffer
-from qfleet.replay_server.rate_limiter import RateLimiter
-from qfleet.replay_server.storage import transition_dtype
+from qfleet.common.errors import ConfigError, QfleetError
+from qfleet.deploy.cli.eval import add_gif_options
+
+if TYPE_CHECKING:
+    from qfleet.deploy.plan import RunPlan
 
 FLAGS = {  # flag -> config field it sets
     "env": "run.env", "actors": "run.actors", "envs_per_actor": "actor.envs_per_actor", "seed": "run.seed",
@@ -48,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_gif_options(p)
 
 
-def resolve(args: argparse.Namespace) -> tuple[QfleetConfig, EnvSpec]:
-    """The checked config (with derived values filled in) and the environment's spec."""
+def load_run_config(args: argparse.Namespace) -> QfleetConfig:
+    """The config as the user set it: the file (or the resumed run's config.yaml), then --set and flags."""
     overrides = [f"{field}={getattr(args, flag)}" for flag, field in FLAGS.items()
                  if getattr(args, flag, None) is not None]
     base = args.config
@@ -57,104 +52,49 @@ def resolve(args: argparse.Namespace) -> tuple[QfleetConfig, EnvSpec]:
         base = Path(args.resume) / "config.yaml"
         if not base.is_file():
             raise ConfigError(f"--resume {args.resume}: no config.yaml there; pass the directory of a qfleet run")
-    cfg = load_config(base, list(args.set) + overrides)
-    env = describe_run_env(cfg)
-    threshold = cfg.learner.solved_threshold if cfg.learner.solved_threshold is not None else env.reward_threshold
-    sample_batch = cfg.learner.batch_size * cfg.learner.batches_per_request
-    replay = dataclasses.replace(cfg.replay, error_buffer=effective_error_buffer(cfg.replay, sample_batch))
-    if replay.min_size_to_sample > replay.capacity:
-        raise ConfigError(f"replay.min_size_to_sample = {replay.min_size_to_sample} exceeds replay.capacity = "
-                          f"{replay.capacity}: the learner would wait forever")
-    if cfg.actor.envs_per_actor * cfg.actor.flush_every_steps > 64 * replay.max_insert_batch:
-        raise ConfigError("actor.envs_per_actor * actor.flush_every_steps is over 64 insert messages per push; "
-                          "raise replay.max_insert_batch or lower actor.flush_every_steps")
-    _check_sizes(cfg, env, sample_batch)
-    RateLimiter(min_size_to_sample=replay.min_size_to_sample, samples_per_insert=replay.samples_per_insert,
-                error_buffer=replay.error_buffer, max_insert_batch=replay.max_insert_batch,
-                max_sample_batch=sample_batch)  # raises, naming the deadlock, before anything starts
-    cfg = dataclasses.replace(cfg, replay=replay,
-                              learner=dataclasses.replace(cfg.learner, solved_threshold=threshold))
-    return cfg, env
+    return load_config(base, list(args.set) + overrides)
 
 
-def _check_sizes(cfg: QfleetConfig, env: EnvSpec, sample_batch: int) -> None:
-    """Refuse message and table sizes that cannot work (pixel transitions are ~56 KB each)."""
-    per_item = transition_dtype(env.obs_shape, env.obs_dtype).itemsize
-    limit = cfg.replay.max_message_bytes
-    push = min(cfg.replay.max_insert_batch, cfg.actor.envs_per_actor * cfg.actor.flush_every_steps)
-    for what, count, fix in (("a sample reply", sample_batch, "learner.batch_size or learner.batches_per_request"),
-                             ("an insert message", push, "replay.max_insert_batch or actor.envs_per_actor")):
-        if count * per_item > limit:
-            raise ConfigError(f"{what} would be {count} transitions x {per_item:,} bytes = "
-                              f"{count * per_item / 2**20:,.0f} MiB, over replay.max_message_bytes "
-                              f"({limit / 2**20:,.0f} MiB); lower {fix}")
-    table = cfg.replay.capacity * per_item
-    available = psutil.virtual_memory().available
-    if table > 0.8 * available:
-        raise ConfigError(f"replay.capacity = {cfg.replay.capacity:,} transitions of {per_item:,} bytes needs "
-                          f"{table / 2**30:.1f} GiB; this machine has {available / 2**30:.1f} GiB available")
-
-
-def make_run_dir(root: str, name: str, label: str) -> Path:
-    """root/name, or for an empty name a fresh root/<label>-<time>[-N]."""
-    fresh = not name
-    name = name or f"{label.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(root) / name
-    suffix = 1
-    while run_dir.exists() and fresh:
-        suffix += 1
-        run_dir = Path(root) / f"{name}-{suffix}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def check_resume(run_dir: Path, cfg: QfleetConfig, env: EnvSpec) -> dict:
+def check_resume(run_dir: Path, cfg: QfleetConfig, plan: RunPlan) -> dict:
     """The checkpoint's run state, after checking the checkpoint and the newest replay
-    snapshot fit this config (CheckpointError naming what differs)."""
-    from qfleet.deploy.components import net_spec
+    snapshot fit this run (CheckpointError naming what differs)."""
     from qfleet.learner.checkpoint import load_checkpoint
     from qfleet.learner.learner import check_compatible
     from qfleet.replay_server.snapshot import check_newest
 
     _, meta = load_checkpoint(run_dir / "checkpoint.npz")
-    check_compatible(meta, net_spec(cfg, env), env.env_id)
-    check_newest(run_dir / "replay", env.obs_shape, env.obs_dtype, cfg.replay.capacity)
+    check_compatible(meta, plan.net, plan.env.env_id)
+    check_newest(run_dir / "replay", plan.env.obs_shape, plan.env.obs_dtype, cfg.replay.capacity)
     return meta.get("run_state") or {"env_steps": 0, "episodes": 0}
 
 
 def run(args: argparse.Namespace) -> int:
+    from qfleet.deploy.plan import make_plan
+    from qfleet.deploy.processes import StopFlag
+    from qfleet.deploy.run_dir import make_run_dir, write_summary
+
     stop = StopFlag()
-    cfg, env = resolve(args)
+    cfg = load_run_config(args)
+    plan = make_plan(cfg)
     resume_state = None
     if args.resume and cfg.run.backend == "ray":
         raise ConfigError("--resume works in local mode; on the Ray backend a run starts afresh")
     if args.resume:
         run_dir = Path(args.resume)
-        resume_state = check_resume(run_dir, cfg, env)
+        resume_state = check_resume(run_dir, cfg, plan)
     else:
         run_dir = make_run_dir(cfg.run.run_dir, cfg.run.name, cfg.run.env)
-    save_config(cfg, run_dir / "config.yaml")
-    print(f"qfleet: {'resuming' if resume_state is not None else 'training'} {env.env_id} with {cfg.run.actors} "
-          f"actor(s) x {cfg.actor.envs_per_actor} envs; solved at greedy mean >= {cfg.learner.solved_threshold}; "
-          f"run directory {run_dir}", flush=True)
-    if env.pixels is not None:
-        per_item = transition_dtype(env.obs_shape, env.obs_dtype).itemsize
-        print(f"qfleet: observing pixels: stacks of {env.pixels.frame_stack} {env.pixels.size}x{env.pixels.size} "
-              f"grey frames (uint8); replay stores {per_item:,} bytes per transition, "
-              f"{per_item * cfg.replay.capacity / 2**20:,.0f} MiB at capacity {cfg.replay.capacity:,} "
-              f"(deploy/configs/cartpole-pixels.yaml holds settings made for pixels)", flush=True)
-    from qfleet.deploy.launcher import write_summary
-
+    save_config(cfg, run_dir / "config.yaml")  # what the user set; the plan is derived again on --resume
     say = lambda line: print(line, flush=True)  # noqa: E731
+    say_plan(cfg, plan, run_dir, resuming=resume_state is not None, say=say)
     if cfg.run.backend == "ray":
-        from qfleet.deploy.ray_backend import RayLauncher
+        from qfleet.deploy.ray.backend import RayLauncher
 
-        launcher = RayLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop, say=say)
+        launcher = RayLauncher(cfg, plan, run_dir, stop, say=say)
     else:
-        from qfleet.deploy.local import LocalLauncher
+        from qfleet.deploy.local.launcher import LocalLauncher
 
-        launcher = LocalLauncher(cfg, env, run_dir, cfg.learner.solved_threshold, stop, say=say,
-                                 resume_state=resume_state)
+        launcher = LocalLauncher(cfg, plan, run_dir, stop, say=say, resume_state=resume_state)
     try:
         code, reason = launcher.run()
         summary = launcher.summary(reason)
@@ -169,16 +109,27 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+def say_plan(cfg: QfleetConfig, plan: RunPlan, run_dir: Path, *, resuming: bool, say) -> None:
+    env = plan.env
+    say(f"qfleet: {'resuming' if resuming else 'training'} {env.env_id} with {plan.actors} actor(s) x "
+        f"{cfg.actor.envs_per_actor} envs; solved at greedy mean >= {plan.solved_threshold}; run directory {run_dir}")
+    if env.pixels is not None:
+        per_item = plan.transition_bytes
+        say(f"qfleet: observing pixels: stacks of {env.pixels.frame_stack} {env.pixels.size}x{env.pixels.size} "
+            f"grey frames (uint8); replay stores {per_item:,} bytes per transition, "
+            f"{per_item * cfg.replay.capacity / 2**20:,.0f} MiB at capacity {cfg.replay.capacity:,} "
+            f"(deploy/configs/cartpole-pixels.yaml holds settings made for pixels)")
+
+
 def after_run(run_dir: Path, args: argparse.Namespace, seed: int) -> None:
     """The learning-curve plot and, with --gif, the agent's GIF (each skipped with a note if it cannot be made)."""
-    from qfleet.common.errors import QfleetError
-
     if not args.no_plot:
-        from qfleet.deploy.plot_command import plot_run_dir
+        from qfleet.deploy.cli.plot import plot_run_dir
 
         print("qfleet: " + plot_run_dir(run_dir), flush=True)
     if args.gif:
-        from qfleet.deploy.eval_command import write_gif
+        from qfleet.common.envs import describe_env
+        from qfleet.deploy.cli.eval import write_gif
         from qfleet.learner.checkpoint import load_policy
         from qfleet.learner.evaluation import greedy_policy
 

@@ -1,22 +1,30 @@
-"""Starting component processes for the local launcher: spawn (never fork), one BLAS
-thread per process, a control pipe per process that takes wiring, and a record of each
-process (role, pid, incarnation) that the supervisor restarts from."""
+"""Component processes of the local launcher: spawn (never fork), one BLAS thread per
+process, a control pipe per process that takes wiring, a record of each process (role,
+pid, incarnation) that the supervisor restarts from, and the processes' entry points."""
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
 import os
+import signal
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from qfleet.common.config import QfleetConfig
-from qfleet.common.envs import EnvSpec
-from qfleet.deploy.components import Placement, Start, Wiring, actor_main, learner_main, replay_main
+import zmq
+
+from qfleet.common.config import ActorConfig, LearnerConfig, QfleetConfig, ReplayConfig
+from qfleet.common.telemetry import Telemetry, component_name
+from qfleet.deploy.components import (Control, Placement, Start, Wiring, in_run_dir, report_crash, run_actor,
+                                      run_learner, run_replay)
+from qfleet.deploy.plan import RunPlan
+from qfleet.deploy.processes import StopFlag, setup_logging
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+STOPPING_SIGNAL = signal.SIGUSR1  # the launcher tells the replay server the run is stopping
 
 
 @contextmanager
@@ -47,7 +55,7 @@ class Child:
 
     @property
     def name(self) -> str:
-        return self.role if self.role != "actor" else f"actor-{self.index}"
+        return component_name(self.role, self.index)
 
 
 @dataclass
@@ -55,9 +63,8 @@ class Children:
     """Every component process of a run, keyed by name ('replay', 'learner', 'actor-3')."""
 
     cfg: QfleetConfig
-    env: EnvSpec
+    plan: RunPlan
     place: Placement
-    solved_threshold: Optional[float]
     run_dir: Path
     wiring: Optional[Wiring] = None
     by_name: dict = field(default_factory=dict)
@@ -70,11 +77,11 @@ class Children:
         if role != "replay":
             receiver, control = self._ctx.Pipe(duplex=False)
         if role == "replay":
-            target, args = replay_main, (self.cfg, self.env, self.place, start)
+            target, args = replay_main, (self.cfg.replay, self.plan, self.place, start)
         elif role == "learner":
-            target, args = learner_main, (self.cfg, self.env, self.place, receiver, start, self.solved_threshold)
+            target, args = learner_main, (self.cfg.learner, self.plan, self.place, receiver, start)
         else:
-            target, args = actor_main, (self.cfg, self.env, self.place, receiver, index, start)
+            target, args = actor_main, (self.cfg.actor, self.plan, self.place, receiver, index, start)
         proc = self._ctx.Process(target=target, args=args, name=f"qfleet-{role}-{index}", daemon=False)
         with blas_threads(self.cfg.learner.threads if role == "learner" else 1):
             proc.start()  # the child reads these variables when it imports numpy
@@ -110,3 +117,44 @@ class Children:
 
 def port_of(endpoint: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
+
+
+# -- entry points of the spawned processes ---------------------------------------------------
+def replay_main(cfg: ReplayConfig, plan: RunPlan, place: Placement, start: Start) -> None:
+    stopping = threading.Event()
+    signal.signal(STOPPING_SIGNAL, lambda signum, frame: stopping.set())
+    _process("replay", 0, place, lambda stop, tel: run_replay(cfg, plan, place, start, stop, tel, stopping))
+
+
+def learner_main(cfg: LearnerConfig, plan: RunPlan, place: Placement, pipe: Connection, start: Start) -> None:
+    _process("learner", 0, place, lambda stop, tel: run_learner(cfg, plan, place, start, stop, tel, Control(pipe)))
+
+
+def actor_main(cfg: ActorConfig, plan: RunPlan, place: Placement, pipe: Connection, index: int, start: Start) -> None:
+    _process("actor", index, place,
+             lambda stop, tel: run_actor(cfg, plan, place, start, stop, tel, Control(pipe), index))
+
+
+def _process(role: str, index: int, place: Placement, body: Callable[[StopFlag, Telemetry], None]) -> None:
+    name = component_name(role, index)
+    log_path = in_run_dir(place, os.path.join("logs", f"{name}.log"))
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    setup_logging(name, path=log_path)
+    stop = StopFlag(watch_parent=True)
+    telemetry = Telemetry(place.telemetry, role, index, keys=place.keys)
+    try:
+        body(stop, telemetry)
+    except BaseException as exc:
+        report_crash(name, telemetry, exc)
+        _close_sockets(telemetry)
+        raise SystemExit(1)
+    _close_sockets(telemetry)
+
+
+def _close_sockets(telemetry: Telemetry) -> None:
+    """A spawned process ends in os._exit, which never terminates ZeroMQ's context: what
+    sockets still queue (an actor's last inserts, the final report) would die with its I/O
+    thread. Terminating the context waits for them, each socket within its own linger."""
+    telemetry.close()
+    zmq.Context.instance().destroy()

@@ -21,19 +21,19 @@ from typing import Callable, Optional
 import numpy as np
 
 from qfleet.common.config import QfleetConfig
-from qfleet.common.envs import EnvSpec
-from qfleet.deploy.children import Child, Children, port_of
-from qfleet.deploy.components import STOPPING_SIGNAL, Placement, Start, Wiring, sent_file
+from qfleet.deploy.components import Placement, Start, Wiring, sent_file
 from qfleet.deploy.launcher import SHUTDOWN_GRACE_S, Launcher
+from qfleet.deploy.local.children import STOPPING_SIGNAL, Child, Children, port_of
+from qfleet.deploy.plan import RunPlan
 from qfleet.deploy.processes import StopFlag
 
 
 class LocalLauncher(Launcher):
-    def __init__(self, cfg: QfleetConfig, env: EnvSpec, run_dir: Path, solved_threshold: Optional[float],
-                 stop: StopFlag, say: Callable[[str], None] = print, resume_state: Optional[dict] = None):
-        super().__init__(cfg, env, run_dir, stop, say, resume_state)
+    def __init__(self, cfg: QfleetConfig, plan: RunPlan, run_dir: Path, stop: StopFlag,
+                 say: Callable[[str], None] = print, resume_state: Optional[dict] = None):
+        super().__init__(cfg, plan, run_dir, stop, say, resume_state)
         place = Placement(telemetry=self.telemetry_endpoint, host="127.0.0.1", run_dir=str(run_dir))
-        self.children = Children(cfg, env, place, solved_threshold, run_dir)
+        self.children = Children(cfg, plan, place, run_dir)
 
     # -- starting ------------------------------------------------------------------------
     def _start(self) -> None:

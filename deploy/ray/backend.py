@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from qfleet.common.config import QfleetConfig
-from qfleet.common.envs import EnvSpec
 from qfleet.common.sockets import CurveKeys
+from qfleet.common.telemetry import component_name
 from qfleet.deploy.components import Placement, Start, Wiring
 from qfleet.deploy.launcher import SHUTDOWN_GRACE_S, Launcher
+from qfleet.deploy.plan import RunPlan
 from qfleet.deploy.processes import StopFlag
 
 
@@ -40,7 +41,7 @@ class Hosted:
 
     @property
     def name(self) -> str:
-        return self.role if self.role != "actor" else f"actor-{self.index}"
+        return component_name(self.role, self.index)
 
 
 def connect(address: str, local_cpus: float = 0.0) -> bool:
@@ -65,18 +66,17 @@ def connect(address: str, local_cpus: float = 0.0) -> bool:
 
 
 class RayLauncher(Launcher):
-    def __init__(self, cfg: QfleetConfig, env: EnvSpec, run_dir: Path, solved_threshold: Optional[float],
-                 stop: StopFlag, say: Callable[[str], None] = print):
+    def __init__(self, cfg: QfleetConfig, plan: RunPlan, run_dir: Path, stop: StopFlag,
+                 say: Callable[[str], None] = print):
         import ray
 
         r = cfg.ray
         self._owns_ray = connect(r.address, r.replay_cpus + r.learner_cpus + cfg.run.actors * r.actor_cpus)
         keys = CurveKeys.generate() if cfg.ray.curve else None
-        super().__init__(cfg, env, run_dir, stop, say, bind_host="0.0.0.0", keys=keys)
+        super().__init__(cfg, plan, run_dir, stop, say, bind_host="0.0.0.0", keys=keys)
         driver_ip = ray.util.get_node_ip_address()
         self.place = Placement(telemetry=self.telemetry_endpoint.replace("0.0.0.0", driver_ip), host="0.0.0.0",
                                keys=keys)
-        self.solved_threshold = solved_threshold
         self.run_name = run_dir.name
         self.hosts: dict[str, Hosted] = {}
         self.wiring: Optional[Wiring] = None
@@ -108,11 +108,11 @@ class RayLauncher(Launcher):
     def _create(self, role: str, index: int = 0) -> Hosted:
         import ray
 
-        from qfleet.deploy.ray_host import ComponentHost
+        from qfleet.deploy.ray.host import ComponentHost
 
         cls = ray.remote(ComponentHost).options(**self._options(role), name=None)
-        start = Start(schedule=None)
-        handle = cls.remote(role, index, self.cfg, self.env, self.place, start, self.run_name, self.solved_threshold)
+        section = {"replay": self.cfg.replay, "learner": self.cfg.learner, "actor": self.cfg.actor}[role]
+        handle = cls.remote(role, index, section, self.plan, self.place, Start(), self.run_name)
         hosted = Hosted(role, index, handle)
         hosted.run_ref = handle.run.remote()
         self.hosts[hosted.name] = hosted

@@ -1,7 +1,7 @@
 """A Ray actor that hosts one qfleet component: the replay server, the learner or an actor.
 
 Ray only places, starts, health-checks and restarts it. `run()` runs the component's
-ordinary body (`deploy.components.run_*`) until `stop()`; it is a threaded actor, so
+ordinary body (`deploy.components.run_*`, given its config section and the run plan) until `stop()`; it is a threaded actor, so
 `wire`, `push_state`, `stop` and `where` answer while `run` is busy. Transitions and
 weights travel over ZeroMQ (CURVE), never through Ray's object store: method arguments
 are only endpoints, counters and stop requests.
@@ -15,23 +15,23 @@ import os
 import tempfile
 import threading
 from dataclasses import replace
-from typing import Optional
+from typing import Union
 
-from qfleet.common.config import QfleetConfig
-from qfleet.common.envs import EnvSpec
-from qfleet.common.telemetry import Telemetry
+from qfleet.common.config import ActorConfig, LearnerConfig, ReplayConfig
+from qfleet.common.telemetry import Telemetry, component_name
 from qfleet.deploy.components import Control, Placement, Start, Wiring, report_crash, run_actor, run_learner, run_replay
+from qfleet.deploy.plan import RunPlan
 from qfleet.deploy.processes import StopFlag, setup_logging
 
 
 class ComponentHost:
-    def __init__(self, role: str, index: int, cfg: QfleetConfig, env: EnvSpec, place: Placement, start: Start,
-                 run_name: str, solved_threshold: Optional[float] = None):
+    def __init__(self, role: str, index: int, cfg: Union[ReplayConfig, LearnerConfig, ActorConfig], plan: RunPlan,
+                 place: Placement, start: Start, run_name: str):
+        """`cfg` is the component's own config section."""
         import ray
 
-        self.role, self.index, self.cfg, self.env, self.start = role, index, cfg, env, start
-        self.solved_threshold = solved_threshold
-        self.name = role if role != "actor" else f"actor-{index}"
+        self.role, self.index, self.cfg, self.plan, self.start = role, index, cfg, plan, start
+        self.name = component_name(role, index)
         # Checkpoints, snapshots and logs stay on this node; the learner ships its checkpoint
         # to the launcher over ZeroMQ. Peers reach this node at its Ray node address.
         local_dir = os.path.join(tempfile.gettempdir(), "qfleet", run_name, self.name)
@@ -64,15 +64,15 @@ class ComponentHost:
     def run(self) -> str:
         """Run the component until stopped; returns its name (raises if it failed)."""
         telemetry = Telemetry(self.place.telemetry, self.role, self.index, keys=self.place.keys)
-        cfg, env, place, start, stop = self.cfg, self.env, self.place, self.start, self.stop_flag
+        cfg, plan, place, start, stop = self.cfg, self.plan, self.place, self.start, self.stop_flag
         try:
             if self.role == "replay":
-                run_replay(cfg, env, place, start, stop, telemetry, self.stopping)
+                run_replay(cfg, plan, place, start, stop, telemetry, self.stopping)
             elif self.role == "learner":
-                run_learner(cfg, env, place, start, stop, telemetry, self.control, self.solved_threshold,
+                run_learner(cfg, plan, place, start, stop, telemetry, self.control,
                             on_checkpoint=lambda path: telemetry.send_file("checkpoint.npz", str(path)))
             else:
-                run_actor(cfg, env, place, start, stop, telemetry, self.control, self.index)
+                run_actor(cfg, plan, place, start, stop, telemetry, self.control, self.index)
         except BaseException as exc:
             report_crash(self.name, telemetry, exc)
             raise

@@ -11,7 +11,7 @@ policies and REINFORCE. Each is a small single-process learner with one role:
                                            # learner.gradient_updates (then reported as learner/updates)
     learner.close()
 
-`deploy/baseline_command.py` runs that loop and writes the same files as `qfleet train`.
+`runner.BaselineRun` is that loop; `qfleet baseline` runs it and writes the same files as `qfleet train`.
 """
 from __future__ import annotations
 

@@ -1,0 +1,98 @@
+"""The run plan: every value derived from the config, in one place, checked before anything
+starts. The config stays what the user set (config.yaml saves only that); the plan is
+rebuilt from it on every start, so a resumed run derives its sizes for its own settings.
+
+Components get their own config section plus the plan, which carries what they need from
+the other sections (the seed, the number of actors, the update budget, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import psutil
+
+from qfleet.common.config import QfleetConfig
+from qfleet.common.config_loader import config_to_dict
+from qfleet.common.envs import EnvSpec, describe_run_env
+from qfleet.common.errors import ConfigError
+from qfleet.common.netspec import NetSpec
+from qfleet.replay_server.rate_limiter import RateLimiter
+from qfleet.replay_server.storage import transition_dtype
+
+MAX_INSERT_MESSAGES_PER_PUSH = 64
+MAX_MEMORY_FRACTION = 0.8  # of the memory available now, for the replay table
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    env: EnvSpec
+    """The environment as the agent sees it (pixels or vectors)."""
+    env_name: str
+    """run.env as given (a gymnasium id or module:Class); checkpoints record it."""
+    net: NetSpec
+    """The Q-network: a CNN on stacked frames, an MLP on vectors."""
+    sample_batch: int
+    """Transitions per sample request: learner.batch_size x learner.batches_per_request."""
+    error_buffer: float
+    """The rate limiter's error buffer: replay.error_buffer, or the smallest that cannot deadlock."""
+    solved_threshold: Optional[float]
+    """Greedy mean that counts as solved: learner.solved_threshold or the env's reward threshold."""
+    transition_bytes: int
+    """Bytes one stored transition takes."""
+    seed: int
+    actors: int
+    max_updates: int
+    """Learner-update budget (0: none)."""
+    max_insert_batch: int
+    """Largest insert message the replay server accepts; actors split bigger pushes."""
+    config: dict
+    """The config as the user set it (kept in checkpoints)."""
+
+
+def make_plan(cfg: QfleetConfig) -> RunPlan:
+    """The plan of a run, or ConfigError naming a setting that cannot work (before any process starts)."""
+    env = describe_run_env(cfg)
+    sample_batch = cfg.learner.batch_size * cfg.learner.batches_per_request
+    replay = cfg.replay
+    error_buffer = replay.error_buffer or RateLimiter.min_error_buffer(
+        replay.samples_per_insert, replay.max_insert_batch, sample_batch)
+    if replay.min_size_to_sample > replay.capacity:
+        raise ConfigError(f"replay.min_size_to_sample = {replay.min_size_to_sample} exceeds replay.capacity = "
+                          f"{replay.capacity}: the learner would wait forever")
+    if cfg.actor.envs_per_actor * cfg.actor.flush_every_steps > MAX_INSERT_MESSAGES_PER_PUSH * replay.max_insert_batch:
+        raise ConfigError(f"actor.envs_per_actor * actor.flush_every_steps is over {MAX_INSERT_MESSAGES_PER_PUSH} "
+                          "insert messages per push; raise replay.max_insert_batch or lower actor.flush_every_steps")
+    transition_bytes = transition_dtype(env.obs_shape, env.obs_dtype).itemsize
+    _check_sizes(cfg, transition_bytes, sample_batch)
+    RateLimiter(min_size_to_sample=replay.min_size_to_sample, samples_per_insert=replay.samples_per_insert,
+                error_buffer=error_buffer, max_insert_batch=replay.max_insert_batch,
+                max_sample_batch=sample_batch)  # raises, naming the deadlock, before anything starts
+    threshold = cfg.learner.solved_threshold if cfg.learner.solved_threshold is not None else env.reward_threshold
+    return RunPlan(env=env, env_name=cfg.run.env, net=net_spec(cfg, env), sample_batch=sample_batch,
+                   error_buffer=error_buffer, solved_threshold=threshold, transition_bytes=transition_bytes,
+                   seed=cfg.run.seed, actors=cfg.run.actors, max_updates=cfg.run.max_updates,
+                   max_insert_batch=replay.max_insert_batch, config=config_to_dict(cfg))
+
+
+def net_spec(cfg: QfleetConfig, env: EnvSpec) -> NetSpec:
+    if env.pixels is not None:
+        return NetSpec("cnn", env.obs_shape, env.num_actions, tuple(cfg.learner.cnn_hidden), cfg.learner.dueling)
+    return NetSpec("mlp", env.obs_shape, env.num_actions, tuple(cfg.learner.hidden), cfg.learner.dueling)
+
+
+def _check_sizes(cfg: QfleetConfig, per_item: int, sample_batch: int) -> None:
+    """Refuse message and table sizes that cannot work (pixel transitions are ~56 KB each)."""
+    limit = cfg.replay.max_message_bytes
+    push = min(cfg.replay.max_insert_batch, cfg.actor.envs_per_actor * cfg.actor.flush_every_steps)
+    for what, count, fix in (("a sample reply", sample_batch, "learner.batch_size or learner.batches_per_request"),
+                             ("an insert message", push, "replay.max_insert_batch or actor.envs_per_actor")):
+        if count * per_item > limit:
+            raise ConfigError(f"{what} would be {count} transitions x {per_item:,} bytes = "
+                              f"{count * per_item / 2**20:,.0f} MiB, over replay.max_message_bytes "
+                              f"({limit / 2**20:,.0f} MiB); lower {fix}")
+    table = cfg.replay.capacity * per_item
+    available = psutil.virtual_memory().available
+    if table > MAX_MEMORY_FRACTION * available:
+        raise ConfigError(f"replay.capacity = {cfg.replay.capacity:,} transitions of {per_item:,} bytes needs "
+                          f"{table / 2**30:.1f} GiB; this machine has {available / 2**30:.1f} GiB available")
