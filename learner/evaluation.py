@@ -5,7 +5,9 @@ copies whose episode ended are ignored), and returns the episode returns; given
 `on_frames`, it also renders them (what `learner.recording` turns into GIFs). With pixel
 settings the copies are observed as stacked frames, exactly as the actors see them.
 `BackgroundEvaluator` runs it in a child process on a snapshot of the weights, so
-training goes on while it plays (a CNN policy runs in torch on the CPU there).
+training goes on while it plays (a CNN policy runs in torch on the CPU there). A failed
+evaluation (the environment raised, the child died) is an `EvaluationError` for the
+learner to report: that evaluation is skipped and a dead child is replaced.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from qfleet.common.config import PixelConfig
 from qfleet.common.envs import EnvSpec, make_vec_env
+from qfleet.common.errors import EvaluationError
 from qfleet.common.netspec import NetSpec
 from qfleet.common.policy import make_policy
 
@@ -88,12 +91,15 @@ def _serve(conn: Connection, spec: NetSpec, env: EnvSpec, episodes: int) -> None
         try:
             result = evaluate(greedy_policy(spec, params), env.env_id, episodes, seed, version=version,
                               pixels=env.pixels)
-        except Exception as exc:
-            result = RuntimeError(f"evaluation failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # the user's environment may raise anything
+            result = EvaluationError(f"evaluation of version {version} failed: {type(exc).__name__}: {exc}")
         try:
             conn.send(result)
         except (BrokenPipeError, OSError):  # the learner is gone
             return
+
+
+_DIED = object()  # what `_receive` says when the child is gone
 
 
 class BackgroundEvaluator:
@@ -102,16 +108,30 @@ class BackgroundEvaluator:
     core when it shares the learner's). Weights travel over a local pipe to our own child."""
 
     def __init__(self, *, spec: NetSpec, env: EnvSpec, episodes: int, seed: int):
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, spec, env, episodes), daemon=True,
-                                 name="qfleet-evaluator")
-        self._proc.start()
-        child.close()
+        self._args = (spec, env, episodes)
         self._seed = seed
         self._pending: Optional[dict] = None
         self.result_params: Optional[dict] = None  # the weights behind the last polled result
         self.evaluations = 0
+        self.restarts = 0  # children started to replace a dead one
+        self._start()
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, *self._args), daemon=True, name="qfleet-evaluator")
+        self._proc.start()
+        child.close()
+
+    def _replace_dead_child(self) -> str:
+        """Start a new child in place of a dead one; what became of the old one."""
+        self._proc.join(1.0)
+        code = self._proc.exitcode
+        self._conn.close()
+        self._pending = None
+        self.restarts += 1
+        self._start()
+        return f"the evaluator process died (exit code {code}); a new one was started"
 
     @property
     def busy(self) -> bool:
@@ -123,21 +143,36 @@ class BackgroundEvaluator:
             return False
         seed = self._seed + 10_007 * self.evaluations  # fresh start states each time
         self.evaluations += 1
-        self._conn.send((params, version, seed))
+        try:
+            self._conn.send((params, version, seed))
+        except (BrokenPipeError, OSError):  # died while idle: this evaluation waits for the next turn
+            raise EvaluationError(self._replace_dead_child()) from None
         self._pending = params
         return True
 
     def poll(self, timeout: float = 0.0) -> Optional[EvalResult]:
-        """The finished result (once), or None; raises if the evaluation failed."""
-        if not self.busy or not self._conn.poll(timeout):
-            if self.busy and not self._proc.is_alive():
-                raise RuntimeError(f"the evaluator process died (exit code {self._proc.exitcode})")
+        """The finished result (once), or None; EvaluationError if the evaluation failed
+        (the next `submit` starts a fresh one)."""
+        if not self.busy:
             return None
-        result = self._conn.recv()
+        result = self._receive(timeout)
+        if result is None:
+            return None
+        if result is _DIED:
+            raise EvaluationError(self._replace_dead_child())
         self.result_params, self._pending = self._pending, None
-        if isinstance(result, Exception):
+        if isinstance(result, EvaluationError):
             raise result
         return result
+
+    def _receive(self, timeout: float) -> object:
+        """What the child sent, None while it is still evaluating, or _DIED."""
+        try:
+            if self._conn.poll(timeout):
+                return self._conn.recv()
+        except (EOFError, OSError):  # the pipe closed: the child is gone
+            return _DIED
+        return None if self._proc.is_alive() else _DIED
 
     def close(self) -> None:
         """Stop the child: at once if it is mid-evaluation (that result is no longer wanted;

@@ -19,7 +19,7 @@ import numpy as np
 
 from qfleet.common.config import LearnerConfig
 from qfleet.common.envs import EnvSpec
-from qfleet.common.errors import CheckpointError
+from qfleet.common.errors import CheckpointError, EvaluationError
 from qfleet.common.netspec import NetSpec
 from qfleet.common.telemetry import Telemetry
 from qfleet.learner.backend import make_update, resolve_backend
@@ -76,6 +76,7 @@ class Learner:
         self.best: Optional[EvalResult] = None
         self.best_params: Optional[dict] = None
         self.solved = False
+        self.eval_failures = 0  # evaluations skipped because they failed (reported, not fatal)
         self._last_loss = float("nan")
         self._keys_in_flight: deque = deque()  # sample keys of submitted, uncollected updates
         self._publish_due = False
@@ -110,10 +111,14 @@ class Learner:
                     self._publish(params)
                 self.publisher.maybe_republish()
                 now = time.monotonic()
-                if now - last_eval_submit >= cfg.eval_every_s and not self.evaluator.busy:
-                    self.evaluator.submit(self._published, self.version)
-                    last_eval_submit = now
-                self._take_eval(self.evaluator.poll())
+                try:
+                    if now - last_eval_submit >= cfg.eval_every_s and not self.evaluator.busy:
+                        last_eval_submit = now
+                        self.evaluator.submit(self._published, self.version)
+                    self._take_eval(self.evaluator.poll())
+                except EvaluationError as exc:  # reported, not fatal: that evaluation is skipped
+                    self.eval_failures += 1
+                    log.warning("evaluation skipped (%d so far), training goes on: %s", self.eval_failures, exc)
                 if now - last_report >= REPORT_EVERY_S:
                     self._report(now - started)
                     last_report = now
@@ -171,12 +176,13 @@ class Learner:
             "sample_latency_p50_ms": float(np.percentile(lat, 50) * 1e3),
             "sample_latency_p99_ms": float(np.percentile(lat, 99) * 1e3),
             "rate_limited": self.prefetcher.rate_limited, "beta": self._beta(), "elapsed_s": elapsed,
+            "eval_failures": self.eval_failures, "evaluator_restarts": self.evaluator.restarts,
         })
 
     # -- checkpoints ---------------------------------------------------------------------
     def summary(self) -> dict:
         return {"updates": self.update.updates, "version": self.version, "backend": self.backend,
-                "device": self.device, "solved": self.solved,
+                "device": self.device, "solved": self.solved, "eval_failures": self.eval_failures,
                 "best_eval_mean": None if self.best is None else self.best.mean,
                 "best_eval_version": None if self.best is None else self.best.version}
 

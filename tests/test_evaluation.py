@@ -1,0 +1,95 @@
+"""A failed greedy evaluation is reported, not fatal: the learner logs and counts it, keeps
+updating, and evaluates again (in a new evaluator process when the old one died)."""
+from __future__ import annotations
+
+import logging
+import os
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import zmq
+
+from qfleet.common import messages as m
+from qfleet.common.codec import decode
+from qfleet.common.config import LearnerConfig
+from qfleet.common.envs import describe_env
+from qfleet.common.netspec import NetSpec
+from qfleet.common.telemetry import Telemetry
+from qfleet.learner.learner import Learner
+from qfleet.learner.publisher import WeightPublisher
+from qfleet.replay_server.client import ReplayClient
+from tests.conftest import OBS_SHAPE, make_batch, replay_server_in_thread
+
+GOOD_STEPS = 3  # steps each evaluation environment takes before it fails
+
+
+class FailsInStep(gym.Env):
+    """A user's environment with a bug: `step` raises after a few calls."""
+
+    max_episode_steps = 50
+
+    def __init__(self, render_mode=None):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, OBS_SHAPE, np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.steps = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.steps = 0
+        return np.zeros(OBS_SHAPE, np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps > GOOD_STEPS:
+            self.fail()
+        return np.zeros(OBS_SHAPE, np.float32), 0.0, False, False, {}
+
+    def fail(self):
+        raise RuntimeError("the environment broke")
+
+
+class KillsItsProcess(FailsInStep):
+    """An environment that takes its process down (a segfault in native code, say)."""
+
+    def fail(self):
+        os._exit(17)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("env_name,died", [("FailsInStep", False), ("KillsItsProcess", True)])
+def test_the_learner_keeps_updating_when_evaluations_fail(env_name, died, caplog):
+    env = describe_env(f"tests.test_evaluation:{env_name}")
+    spec = NetSpec("mlp", env.obs_shape, env.num_actions, (16,))
+    cfg = LearnerConfig(batch_size=16, batches_per_request=1, prefetch=2, eval_every_s=0.01, eval_episodes=2)
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    with replay_server_in_thread(max_message_bytes=1 << 20) as srv:
+        replay = ReplayClient(obs_shape=env.obs_shape, obs_dtype=env.obs_dtype, insert_endpoint=srv.insert_endpoint,
+                              request_endpoint=srv.request_endpoint, timeout=30)
+        replay.insert(make_batch(64))
+        publisher = WeightPublisher(spec=spec)
+        learner = Learner(cfg=cfg, spec=spec, env=env, solved_threshold=None, replay=replay, publisher=publisher,
+                          device="cpu", telemetry=Telemetry(f"tcp://127.0.0.1:{port}", "learner"))
+        first_failure_at: list[int] = []
+
+        def should_stop() -> bool:  # two failed evaluations, and updates went on after the first
+            if learner.eval_failures and not first_failure_at:
+                first_failure_at.append(learner.update.updates)
+            return learner.eval_failures >= 2 and learner.update.updates >= first_failure_at[0] + 20
+
+        with caplog.at_level(logging.WARNING, logger="qfleet.learner"):
+            summary = learner.run(should_stop)
+        learner.telemetry.close()
+        publisher.close()
+        replay.close()
+    assert summary["eval_failures"] >= 2 and summary["updates"] >= first_failure_at[0] + 20
+    assert (learner.evaluator.restarts >= 1) == died
+    reason = "the evaluator process died (exit code 17)" if died else "RuntimeError: the environment broke"
+    assert reason in caplog.text and "evaluation skipped" in caplog.text
+    reports = []
+    while pull.poll(2000):
+        reports.append(m.unpack(m.Report, decode(pull.recv_multipart(), {m.REPORT: m.REPORT_SCHEMA})))
+    pull.close(0)
+    assert reports[-1].values["eval_failures"] == summary["eval_failures"]
+    assert reports[-1].values["evaluator_restarts"] == learner.evaluator.restarts
