@@ -22,7 +22,7 @@ CASES = 10_000
 MAX_BYTES = 64 * 1024
 FUZZ = settings(max_examples=CASES, deadline=None, database=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 @pytest.fixture

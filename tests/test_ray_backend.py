@@ -95,6 +95,7 @@ def node_with(ids: dict, resource: str) -> set:
     return {node for node, res in ids.items() if res.get(resource)}
 
 
+@pytest.mark.long
 def test_multi_node_placement_and_delivery(cluster, tmp_path):
     c, ids, _ = cluster
     out = subprocess.run(train_cmd(tmp_path, "--address", c.address, "--actors", "4", "--max-seconds", "25",
@@ -110,6 +111,7 @@ def test_multi_node_placement_and_delivery(cluster, tmp_path):
     assert_every_transition_arrived(json.loads((run / "summary.json").read_text()))
 
 
+@pytest.mark.long
 def test_killed_actor_and_lost_node_come_back(cluster, tmp_path):
     c, ids, doomed = cluster
     proc = subprocess.Popen(train_cmd(tmp_path, "--address", c.address, "--actors", "4", "--max-seconds", "45",

@@ -117,7 +117,8 @@ def _stock_env(states: np.ndarray):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from qfleet.common.netspec import NetSpec, make_policy
+    from qfleet.common.netspec import NetSpec
+    from qfleet.common.policy import make_policy
     from qfleet.common.networks import build_qnetwork, params_to_numpy
     from qfleet.replay_server.storage import transition_dtype
 
