@@ -166,6 +166,9 @@ class RunConfig:
     """Env-step budget (all actors together); 0 means no limit."""
     max_updates: int = setting(0, ge=0)
     """Learner-update budget; 0 means no limit."""
+    max_evaluations: int = setting(0, ge=0)
+    """Greedy-evaluation budget: stop after this many evaluations have finished in this
+    run (a resumed run counts from zero); 0 means no limit."""
     stop_when_solved: bool = setting(True)
     """Stop as soon as a greedy evaluation reaches the solved threshold."""
     run_dir: str = setting("runs")

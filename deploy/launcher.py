@@ -170,6 +170,8 @@ class Launcher:
             return "time budget reached"
         if run.max_env_steps and p.env_steps() >= run.max_env_steps:
             return "env-step budget reached"
+        if run.max_evaluations and p.evaluations >= run.max_evaluations:
+            return "evaluation budget reached"
         if self._learner_done():
             return "update budget reached"
         return None
