@@ -51,6 +51,10 @@ class ActorConfig:
 class ReplayConfig:
     capacity: int = setting(50_000, ge=16)
     """Transitions the ring buffer holds; the oldest are overwritten."""
+    external: str = setting("")
+    """HOST:INSERT_PORT,REQUEST_PORT of a replay server already running on its own
+    (`qfleet replay-server`): the run starts none, and its learner and actors use that one
+    (local backend). Empty (the default): the run starts its own."""
     prioritized: bool = setting(True)
     """Proportional prioritized sampling (sum-tree); False samples uniformly."""
     alpha: float = setting(0.6, ge=0, le=1)

@@ -27,6 +27,7 @@ from qfleet.deploy.progress import Progress
 from qfleet.replay_server.client import ReplayClient
 
 STARTUP_TIMEOUT_S = 120.0
+EXTERNAL_REPLAY_TIMEOUT_S = 5.0  # a replay server started on its own must answer its first stats request within this
 MAX_REPORTS_PER_DRAIN = 500
 SHUTDOWN_GRACE_S = 4.5  # within the 5 s a user waits after Ctrl-C; each step ends as soon as its part is done
 
@@ -72,6 +73,25 @@ class Launcher:
     def _connect_replay(self, request_endpoint: str) -> None:
         self.replay_client = ReplayClient(obs_shape=self.plan.env.obs_shape, obs_dtype=self.plan.env.obs_dtype,
                                           request_endpoint=request_endpoint, keys=self.keys, timeout=0.5)
+
+    def _check_external_replay(self, insert: str, request: str) -> None:
+        """A replay server this run did not start must answer and fit the run (LaunchError if not)."""
+        env, started_by = self.plan.env, "start one with `qfleet replay-server` (README: The replay server on its own)"
+        try:
+            stats = self.replay_client.stats(timeout=EXTERNAL_REPLAY_TIMEOUT_S)
+        except QfleetTimeout:
+            raise LaunchError(f"replay.external: no replay server answers at {request} within "
+                              f"{EXTERNAL_REPLAY_TIMEOUT_S:g} s; {started_by}") from None
+        shape = "x".join(map(str, env.obs_shape))
+        if (stats.get("obs_shape"), stats.get("obs_dtype")) != (shape, env.obs_dtype.name):
+            raise LaunchError(f"the replay server at {request} stores observations {stats.get('obs_shape')} "
+                              f"{stats.get('obs_dtype')}, this run's {env.env_id} has {shape} {env.obs_dtype.name}; "
+                              "start it with the same --config/--env as the run")
+        if stats.get("max_sample_batch", 0) < self.plan.sample_batch:
+            raise LaunchError(f"the replay server at {request} serves samples of up to {stats.get('max_sample_batch')} "
+                              f"transitions; this run asks for {self.plan.sample_batch} (learner.batch_size x "
+                              "learner.batches_per_request): start it with the run's learner settings")
+        self.say(f"qfleet: using the replay server at {insert} / {request} ({stats.get('size', 0):,} transitions stored)")
 
     def _poll_replay(self) -> None:
         """Refresh self.progress.replay, until the server's final count has arrived."""
@@ -186,11 +206,12 @@ class Launcher:
             self._send_run_state(self.progress.run_state())  # kept in the learner's checkpoints
         self.say(self.progress.status_line(tick, elapsed))
 
-    def _write_endpoints(self) -> None:
+    def _write_endpoints(self, replay: Optional[dict] = None) -> None:
         """Where the components listen (addresses only, never keys), for operators and tests."""
         ready = self.progress.ready
+        replay = replay or ready["replay"]
         (self.run_dir / "endpoints.json").write_text(json.dumps(
-            {"replay_insert": ready["replay"]["insert"], "replay_request": ready["replay"]["request"],
+            {"replay_insert": replay["insert"], "replay_request": replay["request"],
              "weights": ready["learner"]["weights"], "telemetry": self.telemetry_endpoint,
              "curve": self.keys is not None}, indent=1))
 

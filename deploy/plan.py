@@ -15,7 +15,8 @@ import psutil
 from qfleet.common.config import QfleetConfig
 from qfleet.common.config_loader import config_to_dict
 from qfleet.common.envs import EnvSpec, describe_run_env
-from qfleet.common.errors import ConfigError
+from qfleet.common.errors import ConfigError, MissingExtraError
+from qfleet.common.extras import available
 from qfleet.common.netspec import NetSpec
 from qfleet.replay_server.rate_limiter import RateLimiter
 from qfleet.replay_server.storage import transition_dtype
@@ -46,6 +47,8 @@ class RunPlan:
     """Learner-update budget (0: none)."""
     max_insert_batch: int
     """Largest insert message the replay server accepts; actors split bigger pushes."""
+    replay_external: Optional[tuple[str, str]]
+    """(insert, request) endpoints of a replay server already running (replay.external), else None."""
     config: dict
     """The config as the user set it (kept in checkpoints)."""
 
@@ -69,10 +72,39 @@ def make_plan(cfg: QfleetConfig) -> RunPlan:
                 error_buffer=error_buffer, max_insert_batch=replay.max_insert_batch,
                 max_sample_batch=sample_batch)  # raises, naming the deadlock, before anything starts
     threshold = cfg.learner.solved_threshold if cfg.learner.solved_threshold is not None else env.reward_threshold
-    return RunPlan(env=env, env_name=cfg.run.env, net=net_spec(cfg, env), sample_batch=sample_batch,
+    net = net_spec(cfg, env)
+    _check_extras(cfg, net)
+    return RunPlan(env=env, env_name=cfg.run.env, net=net, sample_batch=sample_batch,
                    error_buffer=error_buffer, solved_threshold=threshold, transition_bytes=transition_bytes,
                    seed=cfg.run.seed, actors=cfg.run.actors, max_updates=cfg.run.max_updates,
-                   max_insert_batch=replay.max_insert_batch, config=config_to_dict(cfg))
+                   max_insert_batch=replay.max_insert_batch, replay_external=external_endpoints(cfg),
+                   config=config_to_dict(cfg))
+
+
+def external_endpoints(cfg: QfleetConfig) -> Optional[tuple[str, str]]:
+    """replay.external ('HOST:INSERT_PORT,REQUEST_PORT') as ZeroMQ endpoints, or None."""
+    text = cfg.replay.external.strip()
+    if not text:
+        return None
+    host, _, ports = text.rpartition(":")
+    insert, _, request = ports.partition(",")
+    if not host or not insert.isdigit() or not request.isdigit() or not all(0 < int(p) < 65536 for p in (insert, request)):
+        raise ConfigError(f"replay.external = {text!r}: expected HOST:INSERT_PORT,REQUEST_PORT, "
+                          "e.g. 127.0.0.1:5555,5556 (what `qfleet replay-server` printed)")
+    if cfg.run.backend != "local":
+        raise ConfigError("replay.external works with the local backend; on Ray the run starts its own replay server")
+    return f"tcp://{host}:{insert}", f"tcp://{host}:{request}"
+
+
+def _check_extras(cfg: QfleetConfig, net: NetSpec) -> None:
+    """Name a missing pip extra before any process starts (without importing it: torch alone takes seconds)."""
+    torch_for = ("a CNN Q-network (pixel observations)" if net.kind == "cnn" else
+                 "learner.backend = 'torch'" if cfg.learner.backend == "torch" else
+                 "learner.device = 'cuda'" if cfg.learner.device == "cuda" else None)
+    if torch_for and not available("torch"):
+        raise MissingExtraError(f"{torch_for} needs torch, which is not installed: pip install 'qfleet[torch]'")
+    if cfg.run.backend == "ray" and not available("ray"):
+        raise MissingExtraError("--backend ray needs ray, which is not installed: pip install 'qfleet[ray]'")
 
 
 def net_spec(cfg: QfleetConfig, env: EnvSpec) -> NetSpec:

@@ -10,6 +10,7 @@ import shutil
 
 from qfleet.common.config import LearnerConfig
 from qfleet.common.errors import ConfigError
+from qfleet.common.extras import available
 from qfleet.common.netspec import NetSpec
 
 
@@ -20,8 +21,8 @@ def nvidia_gpu_present() -> bool:
 
 def resolve_device(requested: str) -> str:
     """'cuda' or 'cpu' for a config value of auto, cpu or cuda."""
-    if requested == "cpu" or (requested == "auto" and not nvidia_gpu_present()):
-        return "cpu"
+    if requested == "cpu" or (requested == "auto" and not (nvidia_gpu_present() and available("torch"))):
+        return "cpu"  # auto without torch installed: the numpy learner (MLPs); make_plan refused CNNs already
     import torch
 
     if torch.cuda.is_available():

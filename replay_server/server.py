@@ -241,7 +241,8 @@ class ReplayServer:
             "samples_per_insert": lim.samples / lim.inserts if lim.inserts else 0.0,
             "waiting_samples": len(self._waiting), "insert_held": self._held_insert is not None,
             "rejected": sum(self.rejected.values()), "table_bytes": t.nbytes,
-            "obs_dtype": t.storage.obs_dtype.name, "bytes_per_transition": t.storage.dtype.itemsize,
+            "obs_dtype": t.storage.obs_dtype.name, "obs_shape": "x".join(map(str, t.storage.obs_shape)),
+            "bytes_per_transition": t.storage.dtype.itemsize, "max_sample_batch": self.max_sample_batch,
             "uptime_s": time.monotonic() - self._started,
         }
         values.update(self.counts)

@@ -7,13 +7,15 @@ import json
 import logging
 
 from qfleet.common.config_loader import load_config
+from qfleet.common.errors import ConfigError
 from qfleet.deploy.processes import StopFlag, setup_logging
 
 log = logging.getLogger("qfleet.replay")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML or TOML config file (its 'replay' section is used)")
+    p.add_argument("--config", help="YAML or TOML config file: its replay section, the environment and the "
+                   "learner's batch sizes size the server (use the run's own config)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field")
     p.add_argument("--env", help="environment id that sizes the storage (default: run.env of the config)")
     p.add_argument("--bind", default="127.0.0.1", metavar="HOST", help="address to bind (default 127.0.0.1)")
@@ -36,12 +38,15 @@ def run(args: argparse.Namespace) -> int:
                                  request_port=args.request_port, snapshot_dir=args.snapshot_dir, seed=plan.seed)
     if args.resume:
         if not args.snapshot_dir:
-            raise SystemExit("--resume needs --snapshot-dir")
+            raise ConfigError("--resume loads the newest snapshot of --snapshot-dir: give --snapshot-dir DIR")
         path = server.restore()
         log.info("resumed from %s (%d transitions)", path, server.table.size)
     stop = StopFlag()
-    print(json.dumps({"insert": server.insert_endpoint, "request": server.request_endpoint,
+    host, insert_port = server.insert_endpoint.removeprefix("tcp://").rsplit(":", 1)
+    external = f"{host}:{insert_port},{server.request_endpoint.rsplit(':', 1)[1]}"
+    print(json.dumps({"insert": server.insert_endpoint, "request": server.request_endpoint, "replay": external,
                       "env": cfg.run.env, "capacity": cfg.replay.capacity}), flush=True)
+    log.info("serving %s: `qfleet train --replay %s` (with the same --config) uses this server", cfg.run.env, external)
     log.info("serving %s: inserts on %s, requests on %s", cfg.run.env, server.insert_endpoint, server.request_endpoint)
     try:
         server.serve(stop.is_set)

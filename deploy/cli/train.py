@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 FLAGS = {  # flag -> config field it sets
     "env": "run.env", "actors": "run.actors", "envs_per_actor": "actor.envs_per_actor", "seed": "run.seed",
     "max_seconds": "run.max_seconds", "run_dir": "run.run_dir", "name": "run.name", "backend": "run.backend",
-    "address": "ray.address", "obs": "run.obs",
+    "address": "ray.address", "obs": "run.obs", "replay": "replay.external",
 }
 
 
@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: the cluster of a Ray job, else a new local Ray)")
     p.add_argument("--obs", choices=("vector", "pixels"),
                    help="observe the environment's vectors (MLP) or its rendered frames (CNN; see the pixels section)")
+    p.add_argument("--replay", metavar="HOST:INSERT_PORT,REQUEST_PORT",
+                   help="use a replay server already running on its own (`qfleet replay-server`, started with the "
+                   "same --config) instead of starting one; local backend")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint and replay snapshot "
                    "(its config.yaml is the base; --set and flags such as --actors still apply)")
     p.add_argument("--gif", action="store_true",

@@ -38,15 +38,21 @@ class LocalLauncher(Launcher):
     # -- starting ------------------------------------------------------------------------
     def _start(self) -> None:
         resume = self.resume_state is not None
-        self.children.spawn("replay", Start(resume=resume))
+        external = self.plan.replay_external
+        if external is not None:  # a replay server running on its own: checked, not started or supervised
+            self._connect_replay(external[1])
+            self._check_external_replay(*external)
+        else:
+            self.children.spawn("replay", Start(resume=resume))
         self.children.spawn("learner", Start(resume=resume))
         for i in range(self.cfg.run.actors):
             self.children.spawn("actor", Start(schedule=self.progress.schedule_for(i)), index=i)
-        self._wait_ready({"replay", "learner"}, self._failed_to_start)
-        replay, learner = self.progress.ready["replay"], self.progress.ready["learner"]
-        self.children.wire(Wiring(replay["insert"], replay["request"], learner["weights"]))
-        self._write_endpoints()
-        self._connect_replay(replay["request"])
+        self._wait_ready({"learner"} if external else {"replay", "learner"}, self._failed_to_start)
+        replay = {"insert": external[0], "request": external[1]} if external else self.progress.ready["replay"]
+        self.children.wire(Wiring(replay["insert"], replay["request"], self.progress.ready["learner"]["weights"]))
+        self._write_endpoints(replay)
+        if external is None:
+            self._connect_replay(replay["request"])
 
     def _failed_to_start(self) -> Optional[str]:
         for child in self.children:
