@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from qfleet.common.errors import ConfigError, QfleetError
+from qfleet.common.extras import require
 from qfleet.common.plotting import X_AXES, load_run, plot_runs
 
 
@@ -22,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.width < 200 or args.height < 200:
         raise ConfigError(f"--width {args.width} --height {args.height}: both must be at least 200 pixels")
+    require("matplotlib", "drawing learning curves (`qfleet plot`)")  # before reading runs: say what is missing first
     runs = [load_run(d) for d in args.run_dirs]
     out = Path(args.out) if args.out else (
         Path(args.run_dirs[0]) / "plot.png" if len(runs) == 1 else Path("comparison.png"))
