@@ -62,7 +62,12 @@ class SampleRequest(NamedTuple):
 
 
 class SampleBatch(NamedTuple):
-    """`num_batches * batch_size` rows; importance weights are normalised within each batch."""
+    """`num_batches * batch_size` rows; importance weights are normalised within each batch.
+
+    What a learner sampling several shards needs comes with every reply: `probability`, each
+    row's probability within this shard (p_i**alpha / total_priority; 1 / size for uniform
+    replay), and the shard's `total_priority` (sum-tree total; its size for uniform replay)
+    and `size` (stored transitions) when the batch was drawn."""
     request_id: int
     keys: np.ndarray
     obs: np.ndarray
@@ -71,6 +76,9 @@ class SampleBatch(NamedTuple):
     next_obs: np.ndarray
     discount: np.ndarray
     weight: np.ndarray
+    probability: np.ndarray
+    total_priority: float
+    size: int
 
 
 class PriorityUpdate(NamedTuple):
@@ -131,8 +139,9 @@ def replay_schemas(obs_shape: Sequence[int], obs_dtype: Any, max_batch: int = 1 
                       transition + (ArraySpec("priority", "<f4", (BATCH,), optional=True),), max_batch),
         MessageSchema(SAMPLE, 1, {**request, "batch_size": (_INT, True), "beta": (_NUM, True),
                                   "num_batches": (_INT, True)}),
-        MessageSchema(SAMPLE_BATCH, 1, request, (ArraySpec("keys", "<i8", (BATCH,)),) + transition
-                      + (ArraySpec("weight", "<f4", (BATCH,)),), max_batch),
+        MessageSchema(SAMPLE_BATCH, 2, {**request, "total_priority": (_NUM, True), "size": (_INT, True)},
+                      (ArraySpec("keys", "<i8", (BATCH,)),) + transition
+                      + (ArraySpec("weight", "<f4", (BATCH,)), ArraySpec("probability", "<f8", (BATCH,))), max_batch),
         MessageSchema(PRIORITIES, 1, {}, (ArraySpec("keys", "<i8", (BATCH,)),
                                           ArraySpec("priority", "<f4", (BATCH,))), max_batch),
         MessageSchema(STATS, 1, request),

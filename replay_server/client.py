@@ -81,10 +81,16 @@ class ReplayClient:
         send_frames(self._socket(zmq.PUSH), frames, self._t(timeout), "insert")
 
     # -- learner -------------------------------------------------------------------------
-    def request_sample(self, batch_size: int, beta: float, num_batches: int = 1) -> int:
+    @property
+    def request_socket(self) -> zmq.Socket:
+        """The request socket, for a caller that waits on it together with others (poll only)."""
+        return self._socket(zmq.DEALER)
+
+    def request_sample(self, batch_size: int, beta: float, num_batches: int = 1,
+                       timeout: Optional[float] = None) -> int:
         """Send a sample request without waiting; returns its id for `receive`."""
         request_id = next(self._ids)
-        self._send(m.SAMPLE, m.SampleRequest(request_id, batch_size, float(beta), num_batches))
+        self._send(m.SAMPLE, m.SampleRequest(request_id, batch_size, float(beta), num_batches), timeout)
         return request_id
 
     def sample(self, batch_size: int, beta: float = 0.4, timeout: Optional[float] = None,
@@ -122,6 +128,9 @@ class ReplayClient:
             return err.request_id, RemoteError(err.reason, err.detail)
         cls = m.SampleBatch if msg.type == m.SAMPLE_BATCH else m.StatsReply
         reply = m.unpack(cls, msg)
+        problem = _sample_problem(reply) if cls is m.SampleBatch else None
+        if problem:
+            return reply.request_id, RemoteError("bad_reply", problem)
         return reply.request_id, reply
 
     def wait_for(self, request_id: int, timeout: Optional[float] = None):
@@ -156,3 +165,13 @@ class ReplayClient:
             if sock is not None:
                 sock.close(None if linger_s is None else int(linger_s * 1000))
         self._push = self._dealer = None
+
+
+def _sample_problem(batch: m.SampleBatch) -> Optional[str]:
+    """What makes a decoded sample batch unusable (the codec checked types and shapes)."""
+    if not batch.total_priority > 0 or batch.size < 1:
+        return f"sample batch from a shard with total priority {batch.total_priority} and size {batch.size}"
+    p = batch.probability
+    if len(p) and not (p.min() > 0 and p.max() <= 1):
+        return "sample batch with probabilities outside (0, 1]"
+    return None

@@ -212,9 +212,10 @@ class ReplayServer:
                 return
 
     def _send_sample(self, identity: bytes, req: m.SampleRequest) -> None:
+        total, size = self.table.total_priority, self.table.size  # what the rows were drawn from
         batch = self.table.sample(req.batch_size, req.beta, req.num_batches)
         self.counts["sample_batches"] += req.num_batches
-        self._reply(identity, m.SAMPLE_BATCH, m.SampleBatch(req.request_id, **batch))
+        self._reply(identity, m.SAMPLE_BATCH, m.SampleBatch(req.request_id, **batch, total_priority=total, size=size))
 
     def _reply(self, identity: bytes, mtype: str, msg) -> None:
         try:
@@ -235,7 +236,7 @@ class ReplayServer:
     def stats(self) -> dict:
         t, lim = self.table, self.table.limiter
         values = {
-            "size": t.size, "capacity": t.storage.capacity, "inserted": t.storage.inserted,
+            "size": t.size, "total_priority": t.total_priority, "capacity": t.storage.capacity, "inserted": t.storage.inserted,
             "stored": t.counts["stored"], "sampled": t.counts["sampled"],
             "priorities_applied": t.counts["priorities_applied"], "priorities_stale": t.counts["priorities_stale"],
             "samples_per_insert": lim.samples / lim.inserts if lim.inserts else 0.0,

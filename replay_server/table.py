@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from qfleet.common.errors import ConfigError, RequestError
+from qfleet.common.importance import importance_weights
 from qfleet.replay_server.rate_limiter import RateLimiter
 from qfleet.replay_server.storage import RingBuffer
 from qfleet.replay_server.sum_tree import SumTree
@@ -39,6 +40,12 @@ class Table:
     @property
     def size(self) -> int:
         return self.storage.size
+
+    @property
+    def total_priority(self) -> float:
+        """The mass sampling is proportional to: the sum-tree total (sum of p_i**alpha), or
+        the size for uniform replay. A sharded learner draws shards in proportion to it."""
+        return self.tree.total if self.tree is not None else float(self.size)
 
     @property
     def nbytes(self) -> int:
@@ -77,26 +84,27 @@ class Table:
         return first_key, stored
 
     def sample(self, batch_size: int, beta: float, num_batches: int = 1) -> dict[str, np.ndarray]:
-        """`num_batches` batches of transitions, concatenated, with their keys and importance
-        weights (normalised by the max within each batch)."""
+        """`num_batches` batches of transitions, concatenated, with their keys, each row's
+        probability within this table, and importance weights (normalised by the max within
+        each batch, see `common.importance`)."""
         size, capacity = self.size, self.storage.capacity
         n = batch_size * num_batches
         if size == 0:
             raise ValueError("cannot sample from an empty table")
         if self.tree is not None:
             slots, value = self.tree.sample(n, self.rng)
-            # w_i = (size * P(i))^-beta, normalised by the batch max, which belongs to the
-            # smallest priority: w_i / w_max = (p_i / p_min)^-beta.
-            lowest = value.reshape(num_batches, batch_size).min(axis=1).repeat(batch_size)
-            weight = np.power(value / lowest, -beta).astype(np.float32)
+            probability = value / self.tree.total
+            weight = importance_weights(probability, size, beta, batch_size)
         else:
             slots = self.rng.integers(0, size, n)
+            probability = np.full(n, 1.0 / size)
             weight = np.ones(n, np.float32)
         inserted = self.storage.inserted
         keys = inserted - 1 - (inserted - 1 - slots) % capacity
         out = self.storage.gather(slots)
         out["keys"] = keys
         out["weight"] = weight
+        out["probability"] = probability
         self.limiter.record_sample(n)
         self.counts["sampled"] += n
         return out

@@ -19,7 +19,7 @@ ALL = {**SCHEMAS, m.WEIGHTS: WEIGHTS, m.REPORT: m.REPORT_SCHEMA}
 def sample_batch(n=6):
     b = make_batch(n)
     return m.SampleBatch(3, np.arange(n, dtype=np.int64), b.obs, b.action, b.reward, b.next_obs, b.discount,
-                         np.ones(n, np.float32))
+                         np.ones(n, np.float32), np.full(n, 0.125), 8.0, 8)
 
 
 EXAMPLES = [
@@ -103,6 +103,25 @@ BAD = {
     "extra_frame": good_frames() + [b"\x00" * 16],
     "short_frame": good_frames()[:1] + [good_frames()[1][:-4]] + good_frames()[2:],
 }
+
+
+def sample_header_with(**changes):
+    frames = [bytes(memoryview(f).cast("B")) for f in m.pack(SCHEMAS[m.SAMPLE_BATCH], sample_batch())]
+    header = msgpack.unpackb(frames[0])
+    header.update(changes)
+    return [msgpack.packb(header)] + frames[1:]
+
+
+@pytest.mark.parametrize("change", [
+    dict(v=1),  # a sample batch of the schema before shards carried their totals
+    dict(m={"request_id": 3, "size": 8}),
+    dict(m={"request_id": 3, "total_priority": "8", "size": 8}),
+    dict(m={"request_id": 3, "total_priority": float("nan"), "size": 8}),
+    dict(m={"request_id": 3, "total_priority": 8.0, "size": 8.5}),
+], ids=["old_version", "no_total", "total_type", "total_nan", "size_type"])
+def test_sample_batch_must_carry_its_shard_totals(change):
+    with pytest.raises(CodecError):
+        decode(sample_header_with(**change), SCHEMAS)
 
 
 @pytest.mark.parametrize("name", list(BAD))

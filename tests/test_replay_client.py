@@ -1,9 +1,16 @@
 """The replay client against a real in-process server: a reply that arrives after its
-request timed out must not trap the next request (it used to spin forever)."""
+request timed out must not trap the next request (it used to spin forever); a sample
+reply carries its shard's totals, and one with impossible totals is refused."""
 import threading
 
 import numpy as np
 import pytest
+import zmq
+
+from qfleet.common import messages as m
+from qfleet.common.errors import RemoteError
+from qfleet.common.sockets import bind
+from tests.conftest import make_batch, replay_server_in_thread
 
 from qfleet.common.config import ReplayConfig
 from qfleet.common.envs import EnvSpec
@@ -34,3 +41,42 @@ def test_a_late_stats_reply_does_not_trap_the_next_request():
             serving.join(5)
         client.close()
         server.close()
+
+
+def test_sample_reply_carries_the_shards_totals():
+    with replay_server_in_thread(max_message_bytes=1 << 20) as srv:
+        client = ReplayClient(obs_shape=(4,), obs_dtype=np.float32, insert_endpoint=srv.insert_endpoint,
+                              request_endpoint=srv.request_endpoint, timeout=10)
+        try:
+            client.insert(make_batch(40)._replace(priority=np.linspace(0.5, 4, 40).astype(np.float32)))
+            while client.stats()["size"] < 40:
+                pass
+            batch = client.sample(16, beta=0.4, num_batches=2)
+            assert batch.size == 40
+            assert batch.total_priority == pytest.approx(float((np.linspace(0.5, 4, 40).astype(np.float32)
+                                                                .astype(np.float64) ** 0.6).sum()), rel=1e-5)
+            leaves = srv.table.tree.get(batch.keys % 256).astype(np.float64)
+            np.testing.assert_allclose(batch.probability, leaves / batch.total_priority, rtol=1e-6)
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize("total,size,probability", [(0.0, 8, 0.125), (8.0, 0, 0.125), (8.0, 8, 1.5),
+                                                     (8.0, 8, 0.0), (-1.0, 8, 0.125)])
+def test_a_sample_reply_with_impossible_totals_is_refused(total, size, probability):
+    """A server that answers with what no table can produce: the client raises bad_reply."""
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    endpoint = bind(router, "127.0.0.1")
+    client = ReplayClient(obs_shape=(4,), obs_dtype=np.float32, request_endpoint=endpoint, timeout=10)
+    try:
+        rid = client.request_sample(4, 0.4)
+        identity, *_ = router.recv_multipart()
+        b = make_batch(4)
+        reply = m.SampleBatch(rid, np.arange(4, dtype=np.int64), b.obs, b.action, b.reward, b.next_obs,
+                              b.discount, np.ones(4, np.float32), np.full(4, probability), total, size)
+        router.send_multipart([identity] + m.pack(m.replay_schemas((4,), np.float32)[m.SAMPLE_BATCH], reply))
+        with pytest.raises(RemoteError, match="bad_reply"):
+            client.wait_for(rid, timeout=10)
+    finally:
+        client.close()
+        router.close(0)

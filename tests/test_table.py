@@ -56,6 +56,27 @@ def test_importance_weights(beta):
     np.testing.assert_allclose(out["weight"], expected / expected.max(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("prioritized", [True, False])
+def test_sample_carries_probabilities_within_the_table(prioritized):
+    t = table(capacity=8, alpha=0.6, prioritized=prioritized)
+    raw = np.array([1.0, 2.0, 4.0, 8.0, 0.5], np.float32)
+    t.insert(marked(5, 0), priority=raw)
+    leaves = raw.astype(np.float64) ** 0.6 if prioritized else np.ones(5)
+    assert t.total_priority == pytest.approx(leaves.sum() if prioritized else 5.0)
+    out = t.sample(64, beta=0.5)
+    np.testing.assert_allclose(out["probability"], leaves[out["keys"]] / leaves.sum(), rtol=1e-6)
+
+
+def test_weights_match_the_single_table_formula():
+    """(v_i / v_min)^-beta per batch, the formula before probabilities went on the wire."""
+    t = table(capacity=16, alpha=0.6)
+    t.insert(marked(16, 0), priority=np.linspace(0.1, 5.0, 16).astype(np.float32))
+    out = t.sample(8, beta=0.7, num_batches=4)
+    value = t.tree.get(out["keys"] % 16).astype(np.float64).reshape(4, 8)
+    expected = np.power(value / value.min(axis=1, keepdims=True), -0.7).reshape(-1)
+    np.testing.assert_allclose(out["weight"], expected, rtol=1e-6)
+
+
 def test_weights_normalised_per_batch():
     t = table(capacity=4, alpha=1.0)
     t.insert(marked(4, 0), priority=np.array([1.0, 2.0, 4.0, 8.0], np.float32))
