@@ -1,6 +1,6 @@
-"""End to end on CPU: `qfleet train --obs pixels` with a tiny budget runs the whole system
-on stacked frames, stores them as uint8, writes the run's standard files, and leaves a
-CNN checkpoint whose policy plays on pixels."""
+"""End to end on CPU: `qfleet train --obs pixels` with a budget of one greedy evaluation
+runs the whole system on stacked frames, stores them as uint8, writes the run's standard
+files, and leaves a CNN checkpoint whose policy plays on pixels."""
 import csv
 import json
 import subprocess
@@ -15,25 +15,32 @@ from qfleet.learner.evaluation import evaluate, greedy_policy
 from tests.conftest import python_env
 
 pytestmark = pytest.mark.slow
+HANG_GUARD_S = 600  # far above what one evaluation needs; the run ends on its evaluation budget
 
 
 def test_pixel_training_runs_end_to_end_on_cpu(qfleet_cmd, tmp_path):
+    # The run ends when its first greedy evaluation has finished. The learner submits an
+    # evaluation only inside its update loop, after an update (learner/learner.py), so a
+    # finished evaluation means at least one update happened, however slow the machine.
     cmd = qfleet_cmd + ["train", "--obs", "pixels", "--actors", "1", "--envs-per-actor", "8", "--seed", "0",
-                        "--max-seconds", "28", "--run-dir", str(tmp_path), "--name", "run",
+                        "--max-seconds", str(HANG_GUARD_S), "--set", "run.max_evaluations=1",
+                        "--run-dir", str(tmp_path), "--name", "run",
                         "--set", "learner.batch_size=32", "--set", "replay.capacity=4000",
                         "--set", "replay.min_size_to_sample=300", "--set", "replay.max_insert_batch=512",
                         "--set", "learner.prefetch=2", "--set", "learner.batches_per_request=1",
                         "--set", "learner.eval_every_s=3", "--set", "learner.eval_episodes=4",
                         "--set", "learner.cnn_hidden=[64]", "--set", "learner.publish_every=5"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=python_env(), timeout=240)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=python_env(), timeout=HANG_GUARD_S + 60)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "stopped (evaluation budget reached)" in out.stdout, out.stdout[-3000:]
     assert "replay stores 56,460 bytes per transition" in out.stdout
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
     replay = summary["replay"]
     assert replay["obs_dtype"] == "uint8" and replay["bytes_per_transition"] == 56_460
-    assert replay["rejected"] == 0 and replay["stored"] > 300
-    assert summary["updates"] > 0 and summary["evaluations"] > 0, summary
+    assert replay["rejected"] == 0 and replay["stored"] >= 300  # min_size_to_sample: the learner sampled
+    assert summary["reason"] == "evaluation budget reached", summary["reason"]
+    assert summary["updates"] > 0 and summary["evaluations"] >= 1, summary
 
     assert "obs: pixels" in (run / "config.yaml").read_text()
     ticks = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
