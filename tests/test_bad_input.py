@@ -7,10 +7,14 @@ import pytest
 
 from tests.conftest import python_env
 
+HANG_GUARD_S = 600  # runs that start end on an update budget; this only stops a hung one
+FIRST_UPDATES = 500  # the finished run's budget; a resume of it continues to RESUMED_UPDATES
+RESUMED_UPDATES = 1_000
+
 
 def train(qfleet_cmd, *args):
-    return subprocess.run(qfleet_cmd + ["train", "--max-seconds", "5", *args], capture_output=True, text=True,
-                          env=python_env(), timeout=60)
+    return subprocess.run(qfleet_cmd + ["train", "--max-seconds", str(HANG_GUARD_S), *args], capture_output=True,
+                          text=True, env=python_env(), timeout=HANG_GUARD_S + 60)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -33,10 +37,12 @@ def test_refused_before_anything_starts(qfleet_cmd, tmp_path, args, message):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, qfleet_cmd_module):
     root = tmp_path_factory.mktemp("runs")
-    out = subprocess.run(qfleet_cmd_module + ["train", "--max-seconds", "6", "--run-dir", str(root), "--name", "r",
-                                              "--set", "run.stop_when_solved=false"],
-                         capture_output=True, text=True, env=python_env(), timeout=120)
+    out = subprocess.run(qfleet_cmd_module + ["train", "--max-seconds", str(HANG_GUARD_S), "--run-dir", str(root),
+                                              "--name", "r", "--set", "run.stop_when_solved=false",
+                                              "--set", f"run.max_updates={FIRST_UPDATES}"],
+                         capture_output=True, text=True, env=python_env(), timeout=HANG_GUARD_S + 60)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "stopped (update budget reached)" in out.stdout, out.stdout[-3000:]
     return root / "r"
 
 
@@ -82,8 +88,9 @@ def test_corrupt_newest_snapshot_falls_back_to_the_previous_one(qfleet_cmd, fini
     older = run / "replay" / "replay-000000000000001.npz"
     older.write_bytes(snapshots[-1].read_bytes())          # a valid, older snapshot
     snapshots[-1].write_bytes(snapshots[-1].read_bytes()[:1000])  # the newest is truncated
-    out = train(qfleet_cmd, "--resume", str(run), "--set", "run.stop_when_solved=false")
+    out = train(qfleet_cmd, "--resume", str(run), "--set", "run.stop_when_solved=false",
+                "--set", f"run.max_updates={RESUMED_UPDATES}")  # the learner's count continues from the checkpoint
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "resuming" in out.stdout
+    assert "resuming" in out.stdout and "stopped (update budget reached)" in out.stdout, out.stdout[-3000:]
     log = (run / "logs" / "replay.log").read_text()
     assert "unreadable" in log and "replay restored from" in log and older.name in log
