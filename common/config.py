@@ -144,7 +144,14 @@ class LearnerConfig:
     solved_threshold: float | None = setting(None)
     """Evaluation mean that counts as solved; None uses the environment's reward threshold."""
     sample_timeout_s: float = setting(10.0, gt=0)
-    """How long the learner waits for a batch before reporting the replay server as dead."""
+    """How long the learner waits for a batch before reporting the replay server as dead
+    (with several shards: before reporting that no shard answers)."""
+    sample_retry_s: float = setting(3.0, gt=0)
+    """A sample request unanswered this long is given up and sent again (it was lost with a
+    restarting replay server). With several shards, a shard whose request was given up with
+    no reply since leaves the draw while the others serve, and gets one probe request every
+    sample_retry_s until it answers. Keep it above replay.sample_wait_s, or a shard that is
+    only rate-limited looks dead."""
     checkpoint_every_s: float = setting(30.0, ge=0)
     """Seconds between periodic checkpoints (atomic); a restarted learner resumes from the
     newest. 0 writes only the final one."""

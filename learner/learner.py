@@ -13,7 +13,7 @@ import math
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -55,7 +55,10 @@ class Learner:
                  replay: ReplayClient, publisher: WeightPublisher, device: str, seed: int = 0,
                  telemetry: Optional[Telemetry] = None, checkpoint_path: Optional[Path] = None,
                  max_updates: int = 0, meta: Optional[dict] = None,
-                 run_state: Callable[[], dict] = dict, on_checkpoint: Callable[[Path], None] = lambda path: None):
+                 run_state: Callable[[], dict] = dict, on_checkpoint: Callable[[Path], None] = lambda path: None,
+                 extra_shards: Sequence[ReplayClient] = ()):
+        """`replay` is the client of the replay server, or of shard 0 when there are several;
+        `extra_shards` are the clients of shards 1..S-1, in shard order (see learner.shards)."""
         self.cfg, self.spec, self.env_id = cfg, spec, env.env_id
         self.pixels = env.pixels  # how the policy sees the environment, kept in checkpoints
         self.solved_threshold = solved_threshold
@@ -63,8 +66,9 @@ class Learner:
         self.update = make_update(cfg, spec, device, seed)
         self.backend = resolve_backend(cfg, spec, device)
         self.publisher = publisher
-        self.prefetcher = Prefetcher(replay, batch_size=cfg.batch_size, batches_per_request=cfg.batches_per_request,
-                                     in_flight=cfg.prefetch, timeout_s=cfg.sample_timeout_s)
+        self.prefetcher = Prefetcher([replay, *extra_shards], batch_size=cfg.batch_size,
+                                     batches_per_request=cfg.batches_per_request, in_flight=cfg.prefetch,
+                                     timeout_s=cfg.sample_timeout_s, retry_s=cfg.sample_retry_s, seed=seed)
         self.evaluator = BackgroundEvaluator(spec=spec, env=env, episodes=cfg.eval_episodes, seed=seed + 1)
         self.telemetry = telemetry or Telemetry(None, "learner")
         self.checkpoint_path = checkpoint_path
@@ -99,7 +103,7 @@ class Learner:
                 if batch is None:
                     break
                 self.update.submit(batch)
-                self._keys_in_flight.append(batch["keys"])
+                self._keys_in_flight.append((batch["shard"], batch["keys"]))
                 while self.update.in_flight >= self.update.depth:
                     self._collect()
                 if self.update.updates % cfg.publish_every == 0:
@@ -136,7 +140,8 @@ class Learner:
     def _collect(self) -> None:
         """Take the oldest update's |TD errors| and send them as its batch's priorities."""
         td, self._last_loss = self.update.collect()
-        self.prefetcher.send_priorities(self._keys_in_flight.popleft(), td + self.cfg.priority_eps)
+        shard, keys = self._keys_in_flight.popleft()
+        self.prefetcher.send_priorities(keys, td + self.cfg.priority_eps, shard)
 
     def _publish(self, params: dict) -> None:
         if self._published:
@@ -168,7 +173,8 @@ class Learner:
 
     def _report(self, elapsed: float) -> None:
         lat = np.array(self.prefetcher.latencies) if self.prefetcher.latencies else np.zeros(1)
-        self.telemetry.report({
+        shards = self.prefetcher.shards.report() if self.prefetcher.shards.count > 1 else {}
+        self.telemetry.report({**shards,
             "updates": self.update.updates, "version": self.version,
             "loss": self._last_loss if math.isfinite(self._last_loss) else None,  # NaN before the first update
             "updates_per_s": self.update.updates / max(elapsed, 1e-9),

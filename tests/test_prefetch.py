@@ -15,7 +15,7 @@ from tests.test_replay_server import server  # noqa: F401  (the fixture: a real 
 def starved(server):  # noqa: F811
     _, endpoints = server  # nothing inserted: every sample request is answered 'rate_limited'
     client = ReplayClient(obs_shape=(4,), obs_dtype=np.float32, request_endpoint=endpoints["request"], timeout=2.0)
-    yield lambda timeout_s: Prefetcher(client, batch_size=8, batches_per_request=2, in_flight=2,
+    yield lambda timeout_s: Prefetcher([client], batch_size=8, batches_per_request=2, in_flight=2,
                                        timeout_s=timeout_s).start()
 
 
