@@ -10,22 +10,33 @@ from qfleet.learner.checkpoint import load_checkpoint
 from tests.conftest import python_env
 
 pytestmark = pytest.mark.slow
+HANG_GUARD_S = 600  # the runs end on env-step budgets; this only stops a hung one
+# Env-step budgets (all actors together; a resumed run counts on from the checkpoint). The
+# launcher stops the actors first and hands their final counts to the learner's last
+# checkpoint, so the checkpoint's counters equal the summary's. The rate limiter ties
+# updates to inserts (4 samples per insert): the second run's 60,000 steps make hundreds
+# of updates, several weights versions, on any machine.
+FIRST_STEPS, SECOND_STEPS = 40_000, 100_000
 
 
 def test_resume_continues_everything_with_more_actors(qfleet_cmd, tmp_path):
-    base = qfleet_cmd + ["train", "--set", "run.stop_when_solved=false", "--max-seconds", "6"]
-    first = subprocess.run(base + ["--actors", "2", "--run-dir", str(tmp_path), "--name", "run"],
-                           capture_output=True, text=True, env=python_env(), timeout=120)
+    base = qfleet_cmd + ["train", "--set", "run.stop_when_solved=false", "--max-seconds", str(HANG_GUARD_S)]
+    first = subprocess.run(base + ["--actors", "2", "--run-dir", str(tmp_path), "--name", "run",
+                                   "--set", f"run.max_env_steps={FIRST_STEPS}"],
+                           capture_output=True, text=True, env=python_env(), timeout=HANG_GUARD_S + 60)
     assert first.returncode == 0, first.stdout + first.stderr
+    assert "stopped (env-step budget reached)" in first.stdout, first.stdout[-3000:]
     run = tmp_path / "run"
     s1 = json.loads((run / "summary.json").read_text())
     arrays1, meta1 = load_checkpoint(run)
     assert meta1["run_state"]["env_steps"] == s1["env_steps"]
     assert set(meta1["run_state"]["schedules"]) == {"0", "1"}
 
-    second = subprocess.run(base + ["--resume", str(run), "--actors", "3"],
-                            capture_output=True, text=True, env=python_env(), timeout=120)
+    assert meta1["updates"] > 0
+    second = subprocess.run(base + ["--resume", str(run), "--actors", "3", "--set", f"run.max_env_steps={SECOND_STEPS}"],
+                            capture_output=True, text=True, env=python_env(), timeout=HANG_GUARD_S + 60)
     assert second.returncode == 0, second.stdout + second.stderr
+    assert "stopped (env-step budget reached)" in second.stdout, second.stdout[-3000:]
     assert "resuming CartPole-v1 with 3 actor(s)" in second.stdout
     s2 = json.loads((run / "summary.json").read_text())
     arrays2, meta2 = load_checkpoint(run)
