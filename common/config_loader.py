@@ -13,7 +13,7 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -22,19 +22,22 @@ from qfleet.common.errors import ConfigError
 from qfleet.common.settings import check_field
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> QfleetConfig:
-    """The default config, updated from `path` (if given) and then from `overrides`."""
-    return QfleetConfig(**load_sections(SECTIONS, path, overrides))
+def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Iterable[str] = ()) -> QfleetConfig:
+    """The default config, updated from `source` (a YAML/TOML file, or a mapping of
+    sections {"learner": {"lr": 1e-3}}) and then from `overrides` ("section.field=value")."""
+    return QfleetConfig(**load_sections(SECTIONS, source, overrides))
 
 
-def load_sections(sections: dict[str, type], path: str | Path | None = None,
+def load_sections(sections: dict[str, type], source: str | Path | Mapping[str, Any] | None = None,
                   overrides: Iterable[str] = ()) -> dict[str, Any]:
     """{section: config dataclass} for another entry point's sections (e.g. the baselines'),
     loaded like `load_config`."""
     raw: dict[str, dict[str, Any]] = {name: {} for name in sections}
-    if path is not None:
-        for section, values in _read_file(Path(path), sections).items():
-            raw[section].update(values)
+    given = {} if source is None else source if isinstance(source, Mapping) else _read_file(Path(source), sections)
+    for section, values in given.items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"config section '{section}' must be a mapping of field: value, got {values!r}")
+        raw.setdefault(section, {}).update(values)
     for item in overrides:
         section, field, value = _parse_override(item, sections)
         raw[section][field] = value

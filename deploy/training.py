@@ -1,0 +1,105 @@
+"""One training run, as `qfleet train` and `qfleet.train()` both start it: plan and check
+the config, create (or reopen, to resume) the run directory, run the system on the
+configured backend until a stop reason, and write the summary."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, NamedTuple, Optional
+
+from qfleet.common.config import QfleetConfig
+from qfleet.common.config_loader import save_config
+from qfleet.common.errors import ConfigError
+from qfleet.deploy.plan import RunPlan, make_plan
+from qfleet.deploy.processes import StopFlag
+from qfleet.deploy.run_dir import make_run_dir, write_summary
+
+
+class RunResult(NamedTuple):
+    code: int        # the exit code `qfleet train` returns: 0, 1 (failed) or 130 (interrupted)
+    reason: str      # why it stopped ("solved", "update budget reached", "interrupted", ...)
+    summary: dict    # what summary.json holds
+    run_dir: Path
+
+
+def run_training(cfg: QfleetConfig, *, resume: Optional[Path] = None, say: Callable[[str], None] = print,
+                 stop: Optional[StopFlag] = None) -> RunResult:
+    """Train with `cfg` (as the user set it; sizes are derived by make_plan); `resume` is the
+    directory of an earlier run to continue. ConfigError/CheckpointError before anything starts."""
+    stop = stop or StopFlag()
+    plan = make_plan(cfg)
+    resume_state = None
+    if resume is not None and cfg.run.backend == "ray":
+        raise ConfigError("--resume works in local mode; on the Ray backend a run starts afresh")
+    if resume is not None:
+        run_dir = Path(resume)
+        resume_state = check_resume(run_dir, cfg, plan)
+    else:
+        run_dir = make_run_dir(cfg.run.run_dir, cfg.run.name, cfg.run.env)
+    save_config(cfg, run_dir / "config.yaml")  # what the user set; the plan is derived again on --resume
+    say_plan(cfg, plan, run_dir, resuming=resume_state is not None, say=say)
+    if cfg.run.backend == "ray":
+        from qfleet.deploy.ray.backend import RayLauncher
+
+        launcher = RayLauncher(cfg, plan, run_dir, stop, say=say)
+    else:
+        from qfleet.deploy.local.launcher import LocalLauncher
+
+        launcher = LocalLauncher(cfg, plan, run_dir, stop, say=say, resume_state=resume_state)
+    try:
+        code, reason = launcher.run()
+        summary = launcher.summary(reason)
+    finally:
+        launcher.close()
+    write_summary(run_dir, summary)
+    return RunResult(code, reason, summary, run_dir)
+
+
+def check_resume(run_dir: Path, cfg: QfleetConfig, plan: RunPlan) -> dict:
+    """The checkpoint's run state, after checking the checkpoint and the newest replay
+    snapshot fit this run (CheckpointError naming what differs)."""
+    from qfleet.learner.checkpoint import load_checkpoint
+    from qfleet.learner.learner import check_compatible
+    from qfleet.replay_server.snapshot import check_newest
+
+    _, meta = load_checkpoint(run_dir / "checkpoint.npz")
+    check_compatible(meta, plan.net, plan.env.env_id)
+    check_newest(run_dir / "replay", plan.env.obs_shape, plan.env.obs_dtype, cfg.replay.capacity)
+    state = dict(meta.get("run_state") or {"env_steps": 0, "episodes": 0})
+    # A learner that stopped on its update budget wrote its last checkpoint before the final
+    # counts reached it (up to a status tick old); the previous session's summary has them.
+    try:
+        ended = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        ended = {}
+    for key in ("env_steps", "episodes"):
+        if isinstance(ended.get(key), int):
+            state[key] = max(int(state.get(key, 0)), ended[key])
+    return state
+
+
+def say_plan(cfg: QfleetConfig, plan: RunPlan, run_dir: Path, *, resuming: bool, say) -> None:
+    env = plan.env
+    say(f"qfleet: {'resuming' if resuming else 'training'} {env.env_id} with {plan.actors} actor(s) x "
+        f"{cfg.actor.envs_per_actor} envs; solved at greedy mean >= {plan.solved_threshold}; run directory {run_dir}")
+    if env.pixels is not None:
+        per_item = plan.transition_bytes
+        say(f"qfleet: observing pixels: stacks of {env.pixels.frame_stack} {env.pixels.size}x{env.pixels.size} "
+            f"grey frames (uint8); replay stores {per_item:,} bytes per transition, "
+            f"{per_item * cfg.replay.capacity / 2**20:,.0f} MiB at capacity {cfg.replay.capacity:,} "
+            f"(deploy/configs/cartpole-pixels.yaml holds settings made for pixels)")
+
+
+def final_message(s: dict) -> str:
+    best = s.get("best_eval")
+    ev = "no evaluation finished" if not best else (
+        f"best greedy mean {best['eval_mean']:.1f} +- {best['eval_std']:.1f} over {best['eval_episodes']} "
+        f"episodes (min {best['eval_min']:.0f}, max {best['eval_max']:.0f}, weights v{best['eval_version']})")
+    head = (f"solved {s['env']} in {s['solved_after_s']:.1f} s" if s["solved"]
+            else f"stopped ({s['reason']}) after {s['elapsed_s']:.1f} s")
+    logs = "logs/" if s.get("backend") != "ray" else "component logs on their nodes under /tmp/qfleet/"
+    return (f"qfleet: {head}: {ev}\n"
+            f"qfleet: {s['env_steps']:,} env steps, {s['updates']:,} updates, {s['episodes']:,} episodes, "
+            f"{s['actor_restarts']} actor restart(s)\n"
+            f"qfleet: run directory {s['run_dir']} (config.yaml, metrics.jsonl, TensorBoard events, episodes.csv, "
+            f"checkpoint.npz; {logs})")
