@@ -23,29 +23,50 @@ MESSAGE_TRANSITIONS = 32 * 4        # envs_per_actor x flush_every_steps (defaul
 IN_FLIGHT_PER_ACTOR = CLIENT_HWM * MESSAGE_TRANSITIONS + 2 * 2 * STREAM_BUFFER_BYTES // CARTPOLE_TRANSITION_BYTES
 
 
-def run_with_fault(qfleet_cmd, tmp_path: Path, victim: str, seconds: float = 14) -> tuple[dict, str, int]:
-    cmd = qfleet_cmd + ["train", "--actors", "2", "--max-seconds", str(seconds), "--run-dir", str(tmp_path),
-                        "--name", "run", "--set", "run.stop_when_solved=false", "--set", "replay.snapshot_every_s=1",
-                        "--set", "learner.checkpoint_every_s=1"]
+UPDATES = 3_000    # the run's budget: it ends when the (restarted) learner has made this many
+KILL_AT = 300      # updates the run has reached (metrics.jsonl) when the victim is killed
+HANG_GUARD_S = 600
+
+
+def updates_so_far(run: Path) -> int:
+    """The newest learner update count in the run's metrics (0 before the first)."""
+    metrics = run / "metrics.jsonl"
+    if not metrics.exists():
+        return 0
+    counts = [0]
+    for line in metrics.read_text().splitlines():
+        try:
+            counts.append(json.loads(line).get("learner/updates") or 0)
+        except json.JSONDecodeError:  # a line being written
+            pass
+    return max(counts)
+
+
+def run_with_fault(qfleet_cmd, tmp_path: Path, victim: str) -> tuple[dict, str, int]:
+    cmd = qfleet_cmd + ["train", "--actors", "2", "--max-seconds", str(HANG_GUARD_S), "--run-dir", str(tmp_path),
+                        "--name", "run", "--set", "run.stop_when_solved=false", "--set", f"run.max_updates={UPDATES}",
+                        "--set", "replay.snapshot_every_s=1", "--set", "learner.checkpoint_every_s=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=python_env())
     run = tmp_path / "run"
     try:
-        deadline = time.monotonic() + 60
+        # Kill once a snapshot and a checkpoint exist and training has gone on since (data
+        # piled up after the snapshot, so there is something to lose), long before the budget.
+        deadline = time.monotonic() + HANG_GUARD_S
         ready = False
-        while time.monotonic() < deadline and not ready:
+        while time.monotonic() < deadline and not ready and proc.poll() is None:
             time.sleep(0.2)
             ready = (run / "checkpoint.npz").exists() and any((run / "replay").glob("replay-*.npz")) \
-                if (run / "replay").exists() else False
-        assert ready, "no snapshot and checkpoint appeared"
-        time.sleep(1.5)  # let data pile up after the snapshot, so there is something to lose
+                and updates_so_far(run) >= KILL_AT if (run / "replay").exists() else False
+        assert ready, "no snapshot, checkpoint and training appeared"
         pid = json.loads((run / "processes.json").read_text())[victim]
         os.kill(pid, signal.SIGKILL)
-        output, _ = proc.communicate(timeout=seconds + 60)
+        output, _ = proc.communicate(timeout=HANG_GUARD_S + 60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output[-3000:]
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["reason"] == "update budget reached" and summary["updates"] >= UPDATES, output[-3000:]
     return summary, output, pid
 
 
