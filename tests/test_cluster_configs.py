@@ -80,3 +80,27 @@ def test_onprem_jobs_find_qfleet():
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = next(c for c in cfg[key] if "ray start" in c)
         assert "PATH=${QFLEET_ENV:-$HOME/qfleet-env}/bin:$PATH" in start, start
+
+
+def test_the_node_python_is_one_setting(tmp_path):
+    """The namespace cluster test runs wherever its prerequisites are: its nodes share this
+    machine's Python, whichever it is, through QFLEET_PYTHON."""
+    import os
+    import subprocess
+    import sys
+
+    from qfleet.deploy.cli.cluster_config import NODE_PYTHON, render_onprem
+
+    cfg = render_onprem(head_ip="10.1.0.2", worker_ips=["10.1.0.3"], ssh_user="qf", ssh_key="/k",
+                        python_version="3.12.1")
+    assert all("export QFLEET_PYTHON=3.12.1; " in c for c in cfg["setup_commands"])
+    default = render_onprem(head_ip="10.1.0.2", worker_ips=["10.1.0.3"], ssh_user="qf", ssh_key="/k")
+    assert not any("QFLEET_PYTHON=" in c for c in default["setup_commands"]) and NODE_PYTHON == "3.11.7"
+
+    here = sys.version.split()[0]
+    check = subprocess.run([sys.executable, str(CLUSTER / "check_node.py")], capture_output=True, text=True,
+                           env={**os.environ, "QFLEET_PYTHON": here})
+    assert check.returncode == 0, check.stderr
+    other = subprocess.run([sys.executable, str(CLUSTER / "check_node.py")], capture_output=True, text=True,
+                           env={**os.environ, "QFLEET_PYTHON": "3.0.0"})
+    assert other.returncode == 1 and "want 3.0.0" in other.stderr

@@ -1,14 +1,15 @@
-"""Exit 0 when this Python is the cluster's (3.11.7) and every pin of deploy/constraints.txt
-is installed, else 1 with what differs. Standard library only: the cluster YAMLs run it
+"""Exit 0 when this Python is the cluster's (3.11.7, or $QFLEET_PYTHON) and every pin of
+deploy/constraints.txt is installed, else 1 with what differs. Standard library only: the cluster YAMLs run it
 before qfleet is installed, to skip reinstalling a node that is already right.
 
     python deploy/cluster/check_node.py [path/to/constraints.txt]
 """
 import importlib.metadata
+import os
 import sys
 from pathlib import Path
 
-PYTHON = "3.11.7"
+PYTHON = os.environ.get("QFLEET_PYTHON", "3.11.7")
 
 
 def main() -> int:

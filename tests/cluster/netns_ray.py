@@ -35,8 +35,8 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def node_env(workdir: Path, home: Path) -> Path:
     """The nodes' QFLEET_ENV: a virtual environment over the Python that runs this harness
-    (its packages through a .pth; Python 3.11.7, ray 2.60.0 and torch 2.13.0 when this
-    is the project's environment), with qfleet importable from the checkout `ray up`
+    (its packages through a .pth, so every node runs this Python and the pinned packages
+    of the project's environment), with qfleet importable from the checkout `ray up`
     syncs to ~/qfleet on each host, and `ray` and `qfleet` in its bin. The config's setup
     commands find everything in place and skip installing, as on a node built from
     deploy/cluster/Dockerfile; the environment running the harness is never modified."""
@@ -62,7 +62,7 @@ def render(hosts: Hosts, env_dir: Path, token_file: Path) -> dict:
                         ssh_key=str(hosts.client_key), cluster_name=CLUSTER_NAME, env_dir=str(env_dir),
                         ray_start_args=("--node-ip-address=$(hostname -I | cut -d' ' -f1)",
                                         "--disable-usage-stats"),
-                        auth_token_file=str(token_file))
+                        auth_token_file=str(token_file), python_version=sys.version.split()[0])
     cfg["file_mounts"]["~/qfleet"] = str(REPO)
     return cfg
 
