@@ -152,7 +152,7 @@ class MetricsWriter:
             try:
                 self._tb = TensorBoardEvents(self.run_dir)
             except MissingExtraError as exc:  # metrics.jsonl has every record; say once what is missing
-                log.warning("no TensorBoard events: %s", exc)
+                log.warning("qfleet: no TensorBoard events: %s", exc)
                 self._tensorboard = False
         if self._tb is not None:
             self._tb.scalars({k: v for k, v in values.items() if v is not None and not isinstance(v, str)},

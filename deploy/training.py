@@ -98,8 +98,9 @@ def final_message(s: dict) -> str:
     head = (f"solved {s['env']} in {s['solved_after_s']:.1f} s" if s["solved"]
             else f"stopped ({s['reason']}) after {s['elapsed_s']:.1f} s")
     logs = "logs/" if s.get("backend") != "ray" else "component logs on their nodes under /tmp/qfleet/"
+    events = "TensorBoard events, " if any(Path(s["run_dir"]).glob("events.out.tfevents.*")) else ""
     return (f"qfleet: {head}: {ev}\n"
             f"qfleet: {s['env_steps']:,} env steps, {s['updates']:,} updates, {s['episodes']:,} episodes, "
             f"{s['actor_restarts']} actor restart(s)\n"
-            f"qfleet: run directory {s['run_dir']} (config.yaml, metrics.jsonl, TensorBoard events, episodes.csv, "
+            f"qfleet: run directory {s['run_dir']} (config.yaml, metrics.jsonl, {events}episodes.csv, "
             f"checkpoint.npz; {logs})")
