@@ -33,7 +33,8 @@ def test_resume_continues_everything_with_more_actors(qfleet_cmd, tmp_path):
     assert set(meta1["run_state"]["schedules"]) == {"0", "1"}
 
     assert meta1["updates"] > 0
-    second = subprocess.run(base + ["--resume", str(run), "--actors", "3", "--set", f"run.max_env_steps={SECOND_STEPS}"],
+    second = subprocess.run(base + ["--resume", str(run), "--actors", "3",
+                                    "--set", f"run.max_env_steps={SECOND_STEPS}"],
                             capture_output=True, text=True, env=python_env(), timeout=HANG_GUARD_S + 60)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "stopped (env-step budget reached)" in second.stdout, second.stdout[-3000:]
