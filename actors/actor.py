@@ -147,7 +147,8 @@ class Actor:
         if self._poller is None:
             self._poller = zmq.Poller()
             self._poller.register(self.replay.insert_socket, zmq.POLLOUT)
-            self._poller.register(self.weights.socket, zmq.POLLIN)
+            for sock in self.weights.sockets:
+                self._poller.register(sock, zmq.POLLIN)
         return self._poller
 
     def _report(self, elapsed: float) -> None:

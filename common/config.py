@@ -1,7 +1,8 @@
 """Typed configuration: one frozen dataclass per component, a docstring per field.
 
 Each component receives only its own section (ActorConfig, ReplayConfig, LearnerConfig,
-PixelConfig for the pixel observation wrapper); RunConfig holds what the launcher needs.
+PixelConfig for the pixel observation wrapper, RelayConfig for the per-node weights
+relays); RunConfig holds what the launcher needs.
 `common.config_loader` reads these from YAML or TOML, applies `--set section.field=value`
 overrides, and validates every field.
 """
@@ -45,6 +46,11 @@ class ActorConfig:
     control messages (backpressure from the rate limiter shows up here)."""
     report_every_s: float = setting(0.5, gt=0)
     """Seconds between progress reports (env steps, episode returns, weights version)."""
+    relay_fallback_after: float = setting(3.0, ge=1.5, le=100)
+    """With a weights relay (relay.enabled): after this many of the relay's republish
+    intervals (relay.republish_s) with nothing from the relay, the actor also subscribes to
+    the learner, and drops it again once the relay delivers. At least 1.5, so one late
+    re-publication does not trigger it."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,15 @@ class ReplayConfig:
     snapshot_every_s: float = setting(30.0, ge=0)
     """Seconds between periodic snapshots of the replay contents (atomic, the newest two are
     kept); a restarted replay server resumes from the newest. 0 disables them."""
+    shards: int = setting(1, ge=1, le=256)
+    """Replay server processes (S). Each shard has its own table, rate limiter, snapshots
+    and restarts, and every other field of this section applies to each shard (together
+    they hold shards * capacity transitions). Actors are spread evenly over the shards by
+    index; the learner draws each sample request's shard in proportion to its total
+    priority, so sampling matches one big table (learner/shards.py). The samples-per-insert
+    ratio holds globally within shards * error_buffer samples, around an offset of
+    shards * samples_per_insert * min_size_to_sample (each shard enforces it on its own
+    inserts). 1 is a single replay server."""
 
 
 @dataclass(frozen=True)
@@ -222,6 +237,18 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class RelayConfig:
+    enabled: bool = setting(False)
+    """Run one weights relay per node (actors/weights_relay.py): it subscribes to the
+    learner and re-publishes to the actors of its node, so the learner sends each weights
+    version once per node instead of once per actor. Actors fall back to the learner while
+    their relay is down (actor.relay_fallback_after)."""
+    republish_s: float = setting(1.0, gt=0)
+    """Seconds between the relay's re-publications of its latest weights, for late or
+    restarted actors (the learner's own re-publications are not forwarded)."""
+
+
+@dataclass(frozen=True)
 class PixelConfig:
     size: int = setting(84, ge=36, le=512)
     """Side of the square grayscale frames the CNN sees (the DQN torso needs at least 36)."""
@@ -247,10 +274,11 @@ class QfleetConfig:
     run: RunConfig = RunConfig()
     ray: RayConfig = RayConfig()
     pixels: PixelConfig = PixelConfig()
+    relay: RelayConfig = RelayConfig()
 
 
 SECTIONS = {"actor": ActorConfig, "replay": ReplayConfig, "learner": LearnerConfig, "run": RunConfig,
-            "ray": RayConfig, "pixels": PixelConfig}
+            "ray": RayConfig, "pixels": PixelConfig, "relay": RelayConfig}
 
 
 # -- baselines (`qfleet baseline ...`): single-process learners that write the same metrics --
