@@ -144,3 +144,34 @@ def test_only_when_no_shard_answers_does_get_time_out(shards):
         prefetcher.close()
         for c in clients:
             c.close()
+
+
+@pytest.mark.timeout(300)
+def test_the_learner_trains_on_two_shards_and_returns_priorities_to_each(shards):
+    from qfleet.common.config import LearnerConfig
+    from qfleet.common.envs import describe_env
+    from qfleet.common.netspec import NetSpec
+    from qfleet.learner.learner import Learner
+    from qfleet.learner.publisher import WeightPublisher
+
+    env = describe_env("CartPole-v1")
+    spec = NetSpec("mlp", env.obs_shape, env.num_actions, (16,))
+    cfg = LearnerConfig(batch_size=8, batches_per_request=1, prefetch=2, eval_every_s=3600, eval_episodes=1)
+    clients = [ReplayClient(obs_shape=(4,), obs_dtype=np.float32, request_endpoint=s.request_endpoint, timeout=10)
+               for s in shards]
+    publisher = WeightPublisher(spec=spec)
+    learner = Learner(cfg=cfg, spec=spec, env=env, solved_threshold=None, replay=clients[0], publisher=publisher,
+                      device="cpu", max_updates=200, extra_shards=clients[1:])
+    try:
+        summary = learner.run(lambda: False)
+    finally:
+        publisher.close()
+        for c in clients:
+            c.close()
+    assert summary["updates"] == 200
+    updated = [s.server.table.counts["priorities_applied"] + s.server.table.counts["priorities_stale"]
+               for s in shards]
+    batches = [int(learner.prefetcher.shards.counts[i]["batches"]) for i in range(2)]
+    assert min(updated) > 0 and min(batches) > 0
+    # every collected update's priorities went to the shard its batch came from
+    assert all(u <= 8 * b for u, b in zip(updated, batches)) and sum(updated) <= 8 * 200
