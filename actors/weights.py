@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Optional
+from typing import Iterator, Optional
 
 import zmq
 
@@ -27,13 +27,39 @@ from qfleet.common.sockets import CurveKeys, make_socket
 MAX_DRAIN = 64  # messages read per poll; the SUB high-water mark keeps fewer than this waiting
 
 
+class WeightsReader:
+    """Reads and validates the Weights messages waiting on SUB sockets; counts them all
+    (`received`) and the malformed ones by reason (`rejected`)."""
+
+    def __init__(self, spec: NetSpec, max_message_bytes: int):
+        self.schemas = {m.WEIGHTS: m.weights_schema(param_shapes(spec))}
+        self.max_message_bytes = max_message_bytes
+        self.received = 0
+        self.rejected: Counter = Counter()
+
+    def drain(self, sock: zmq.Socket) -> Iterator[tuple[list, m.Weights]]:
+        """(frames, weights) of each valid message waiting (at most MAX_DRAIN read); never blocks."""
+        for _ in range(MAX_DRAIN):
+            try:
+                frames = sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.received += 1
+            try:
+                weights = m.unpack(m.Weights, decode(frames, self.schemas, max_bytes=self.max_message_bytes))
+            except CodecError as exc:
+                self.rejected[exc.reason] += 1
+                continue
+            yield frames, weights
+
+
 class WeightSubscriber:
     def __init__(self, *, spec: NetSpec, endpoint: Optional[str] = None, keys: Optional[CurveKeys] = None,
                  max_message_bytes: int = 256 * 1024 * 1024, fallback: Optional[str] = None,
                  fallback_after_s: float = 3.0):
         if fallback and not fallback_after_s > 0:
             raise ValueError(f"fallback_after_s = {fallback_after_s} must be > 0")
-        self._schemas = {m.WEIGHTS: m.weights_schema(param_shapes(spec))}
+        self._reader = WeightsReader(spec, max_message_bytes)
         self._sock = self._subscriber(keys, max_message_bytes)
         self._fallback_sock = self._subscriber(keys, max_message_bytes) if fallback else None
         self.max_message_bytes = max_message_bytes
@@ -45,8 +71,7 @@ class WeightSubscriber:
         self._primary_seen = time.monotonic()  # last valid primary message (or the start)
         self.version = -1
         self.epoch = -1
-        self.rejected: Counter = Counter()
-        self.received = 0
+        self.rejected = self._reader.rejected  # reason -> malformed messages
         if endpoint:
             self.connect(endpoint)
 
@@ -65,6 +90,10 @@ class WeightSubscriber:
     @property
     def sockets(self) -> tuple[zmq.Socket, ...]:
         return (self._sock,) if self._fallback_sock is None else (self._sock, self._fallback_sock)
+
+    @property
+    def received(self) -> int:
+        return self._reader.received
 
     def connect(self, endpoint: str) -> None:
         self._sock.connect(endpoint)
@@ -91,17 +120,7 @@ class WeightSubscriber:
     def _drain(self, sock: zmq.Socket, newest: Optional[m.Weights], source: str) -> tuple[Optional[m.Weights], bool]:
         """(newest weights newer than those in use, whether any valid message came)."""
         valid = False
-        for _ in range(MAX_DRAIN):
-            try:
-                frames = sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self.received += 1
-            try:
-                weights = m.unpack(m.Weights, decode(frames, self._schemas, max_bytes=self.max_message_bytes))
-            except CodecError as exc:
-                self.rejected[exc.reason] += 1
-                continue
+        for _, weights in self._reader.drain(sock):
             valid = True
             self.source = source
             key = (weights.epoch, weights.version)

@@ -24,13 +24,9 @@ from typing import Callable, Optional
 
 import zmq
 
-from qfleet.common import messages as m
-from qfleet.common.codec import decode
-from qfleet.common.errors import CodecError
-from qfleet.common.netspec import NetSpec, param_shapes
-from qfleet.common.sockets import CurveKeys, bind, make_socket, send_nowait
-
-MAX_DRAIN = 64  # messages read per step
+from qfleet.actors.weights import WeightsReader
+from qfleet.common.netspec import NetSpec
+from qfleet.common.sockets import CurveKeys, bind, make_socket, publish
 
 
 class WeightsRelay:
@@ -40,8 +36,7 @@ class WeightsRelay:
         if not republish_s > 0:
             raise ValueError(f"republish_s = {republish_s} must be > 0")
         ctx = ctx or zmq.Context.instance()
-        self._schemas = {m.WEIGHTS: m.weights_schema(param_shapes(spec))}
-        self.max_message_bytes = max_message_bytes
+        self._reader = WeightsReader(spec, max_message_bytes)
         self.republish_s = republish_s
         self.upstream = upstream
         self._sub = make_socket(ctx, zmq.SUB, hwm=4, keys=keys, max_message_bytes=max_message_bytes)
@@ -52,11 +47,9 @@ class WeightsRelay:
         self.epoch = self.version = -1
         self._frames: Optional[list] = None
         self._last_send = 0.0
-        self.received = 0
         self.forwarded = 0
         self.republished = 0
         self.skipped = 0  # valid but not newer (the learner's re-publications, reordered versions)
-        self.rejected: Counter = Counter()  # reason -> messages dropped
 
     def serve(self, should_stop: Callable[[], bool], poll_s: float = 0.05) -> None:
         while not should_stop():
@@ -79,19 +72,18 @@ class WeightsRelay:
             self._send()
             self.republished += 1
 
+    @property
+    def received(self) -> int:
+        return self._reader.received
+
+    @property
+    def rejected(self) -> Counter:
+        """Reason -> malformed messages dropped."""
+        return self._reader.rejected
+
     def _drain(self) -> Optional[list]:
         newest: Optional[list] = None
-        for _ in range(MAX_DRAIN):
-            try:
-                frames = self._sub.recv_multipart(copy=False, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self.received += 1
-            try:
-                weights = m.unpack(m.Weights, decode(frames, self._schemas, max_bytes=self.max_message_bytes))
-            except CodecError as exc:
-                self.rejected[exc.reason] += 1
-                continue
+        for frames, weights in self._reader.drain(self._sub):
             key = (weights.epoch, weights.version)
             if key <= (self.epoch, self.version):
                 self.skipped += 1
@@ -101,10 +93,7 @@ class WeightsRelay:
         return newest
 
     def _send(self) -> None:
-        try:
-            send_nowait(self._pub, self._frames)
-        except zmq.Again:
-            pass  # PUB drops for slow subscribers; the next publication replaces this one
+        publish(self._pub, self._frames)
         self._last_send = time.monotonic()
 
     def stats(self) -> dict:

@@ -141,6 +141,17 @@ def send_frames(sock: zmq.Socket, frames: Sequence, timeout_s: float, what: str 
         raise QfleetTimeout(f"could not send {what}: peer queue full") from None
 
 
+def publish(sock: zmq.Socket, frames: Sequence) -> bool:
+    """Send on a PUB socket without blocking; False when it was dropped because a slow
+    subscriber's queue is full (the next publication replaces it, which is what a
+    subscriber of versioned state wants anyway)."""
+    try:
+        send_nowait(sock, frames)
+    except zmq.Again:
+        return False
+    return True
+
+
 def send_nowait(sock: zmq.Socket, frames: Sequence) -> None:
     """Send without blocking (zmq.Again if the queue is full); big frames go zero-copy."""
     size = sum(memoryview(f).nbytes for f in frames)

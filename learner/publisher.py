@@ -14,7 +14,7 @@ import zmq
 
 from qfleet.common import messages as m
 from qfleet.common.netspec import NetSpec, param_shapes
-from qfleet.common.sockets import CurveKeys, bind, make_socket, send_nowait
+from qfleet.common.sockets import CurveKeys, bind, make_socket, publish
 
 
 class WeightPublisher:
@@ -42,10 +42,7 @@ class WeightPublisher:
             self._send()
 
     def _send(self) -> None:
-        try:
-            send_nowait(self._sock, self._frames)
-        except zmq.Again:
-            pass  # PUB drops for slow subscribers; the next publication replaces this one
+        publish(self._sock, self._frames)
         self._last_send = time.monotonic()
 
     def close(self) -> None:

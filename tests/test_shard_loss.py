@@ -3,6 +3,7 @@ process, real ZeroMQ sockets). Batches come from both shards and priorities go b
 shard of their batch; one shard stops and batches keep coming from the other; it restarts
 on the same port and rejoins; with both gone, `get` times out naming the shards. Progress
 is counted in batches; time limits are only hang guards."""
+import contextlib
 import time
 
 import numpy as np
@@ -81,13 +82,27 @@ def shards():
         shard.stop()
 
 
-@pytest.mark.timeout(300)
-def test_a_lost_shard_is_left_out_and_rejoins_after_its_restart(shards):
-    clients = [ReplayClient(obs_shape=(4,), obs_dtype=np.float32, request_endpoint=s.request_endpoint, timeout=10)
-               for s in shards]
-    prefetcher = Prefetcher(clients, batch_size=8, batches_per_request=2, in_flight=4, timeout_s=60,
-                            retry_s=0.5, seed=0).start()
+@pytest.fixture
+def clients(shards):
+    made = [ReplayClient(obs_shape=(4,), obs_dtype=np.float32, request_endpoint=s.request_endpoint, timeout=10)
+            for s in shards]
+    yield made
+    for client in made:
+        client.close()
+
+
+@contextlib.contextmanager
+def prefetching(clients, **kwargs):
+    prefetcher = Prefetcher(clients, batch_size=8, seed=0, **kwargs).start()
     try:
+        yield prefetcher
+    finally:
+        prefetcher.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_lost_shard_is_left_out_and_rejoins_after_its_restart(shards, clients):
+    with prefetching(clients, batches_per_request=2, in_flight=4, timeout_s=60, retry_s=0.5) as prefetcher:
         counts = np.zeros(2, int)
 
         def both_seen(batch):
@@ -121,33 +136,21 @@ def test_a_lost_shard_is_left_out_and_rejoins_after_its_restart(shards):
         shards[1] = Shard(1, request_port=port)
         next_batches(prefetcher, lambda b: check_shard_tag(b) == 1, "a batch from the restarted shard 1")
         assert prefetcher.shards.up[1]
-    finally:
-        prefetcher.close()
-        for c in clients:
-            c.close()
 
 
 @pytest.mark.timeout(120)
-def test_only_when_no_shard_answers_does_get_time_out(shards):
-    clients = [ReplayClient(obs_shape=(4,), obs_dtype=np.float32, request_endpoint=s.request_endpoint, timeout=10)
-               for s in shards]
-    prefetcher = Prefetcher(clients, batch_size=8, batches_per_request=1, in_flight=2, timeout_s=1.0,
-                            retry_s=0.3, seed=0).start()
-    try:
+def test_only_when_no_shard_answers_does_get_time_out(shards, clients):
+    with prefetching(clients, batches_per_request=1, in_flight=2, timeout_s=1.0, retry_s=0.3) as prefetcher:
         prefetcher.get()
         for shard in shards:
             shard.stop()
         with pytest.raises(QfleetTimeout, match="any of the 2 replay shards"):
             for _ in range(BUDGET):  # what was queued before they died, then the timeout
                 prefetcher.get()
-    finally:
-        prefetcher.close()
-        for c in clients:
-            c.close()
 
 
 @pytest.mark.timeout(300)
-def test_the_learner_trains_on_two_shards_and_returns_priorities_to_each(shards):
+def test_the_learner_trains_on_two_shards_and_returns_priorities_to_each(shards, clients):
     from qfleet.common.config import LearnerConfig
     from qfleet.common.envs import describe_env
     from qfleet.common.netspec import NetSpec
@@ -157,8 +160,6 @@ def test_the_learner_trains_on_two_shards_and_returns_priorities_to_each(shards)
     env = describe_env("CartPole-v1")
     spec = NetSpec("mlp", env.obs_shape, env.num_actions, (16,))
     cfg = LearnerConfig(batch_size=8, batches_per_request=1, prefetch=2, eval_every_s=3600, eval_episodes=1)
-    clients = [ReplayClient(obs_shape=(4,), obs_dtype=np.float32, request_endpoint=s.request_endpoint, timeout=10)
-               for s in shards]
     publisher = WeightPublisher(spec=spec)
     learner = Learner(cfg=cfg, spec=spec, env=env, solved_threshold=None, replay=clients[0], publisher=publisher,
                       device="cpu", max_updates=200, extra_shards=clients[1:])
@@ -166,8 +167,6 @@ def test_the_learner_trains_on_two_shards_and_returns_priorities_to_each(shards)
         summary = learner.run(lambda: False)
     finally:
         publisher.close()
-        for c in clients:
-            c.close()
     assert summary["updates"] == 200
     updated = [s.server.table.counts["priorities_applied"] + s.server.table.counts["priorities_stale"]
                for s in shards]
