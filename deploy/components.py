@@ -6,9 +6,10 @@ spawned process (local mode, `deploy.local.children`) and inside a Ray actor
 A component that binds sockets announces its endpoints with a `ready` report; one that
 needs other components' endpoints waits for a `Wiring` on its control channel.
 
-    replay   binds insert + request       -> ready(insert, request)
-    learner  binds weights (PUB)          -> ready(weights); waits for Wiring(replay_request)
-    actor                                    waits for Wiring(replay_insert, weights)
+    replay   binds insert + request       -> ready(insert, request)      (one per shard)
+    learner  binds weights (PUB)          -> ready(weights); waits for Wiring(replay_requests)
+    relay    waits for Wiring(weights); binds its PUB -> ready(relay)  (relay.enabled: one per node)
+    actor                                    waits for Wiring(replay_inserts, weights, relays)
 """
 from __future__ import annotations
 
@@ -17,17 +18,18 @@ import logging
 import os
 import queue
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable, Optional
 
-from qfleet.common.config import ActorConfig, LearnerConfig, ReplayConfig
+from qfleet.common.config import ActorConfig, LearnerConfig, RelayConfig, ReplayConfig
 from qfleet.common.errors import QfleetError
 from qfleet.common.sockets import CurveKeys
-from qfleet.common.telemetry import Telemetry
-from qfleet.deploy.plan import RunPlan
+from qfleet.common.telemetry import Telemetry, component_name
+from qfleet.deploy.plan import RunPlan, shard_of
 from qfleet.deploy.processes import StopFlag
 
 log = logging.getLogger("qfleet")
@@ -36,9 +38,13 @@ WIRING_TIMEOUT_S = 120.0
 
 @dataclass(frozen=True)
 class Wiring:
-    replay_insert: str = ""
-    replay_request: str = ""
-    weights: str = ""
+    replay_inserts: tuple = ()   # each shard's insert endpoint, in shard order
+    replay_requests: tuple = ()  # each shard's request endpoint, in shard order
+    weights: str = ""            # the learner's PUB
+    relays: tuple = ()           # (node, endpoint) of each weights relay: actors on that node use it
+
+    def relay_for(self, node: str) -> str:
+        return next((endpoint for where, endpoint in self.relays if where == node), "")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class Placement:
     advertise: str = ""          # address peers use, when binding to 0.0.0.0
     run_dir: str = ""            # where checkpoints, snapshots and logs go ("" for none)
     keys: Optional[CurveKeys] = None
+    node: str = ""               # the Ray node id ("" locally: one node), which picks an actor's relay
 
     def endpoint(self, bound: str) -> str:
         """The endpoint peers connect to for a socket bound at `bound`."""
@@ -79,6 +86,19 @@ def sent_file(place: Placement, index: int, incarnation: int) -> Optional[str]:
 
 def in_run_dir(place: Placement, name: str) -> Optional[str]:
     return os.path.join(place.run_dir, name) if place.run_dir else None
+
+
+def part_name(role: str, index: int, shards: int) -> str:
+    """How logs, faults, processes.json and the summary name a component: 'replay' when it is
+    the only shard (as before shards existed), else 'replay-<i>'; 'relay-<i>'; 'actor-<i>'."""
+    if role == "replay":
+        return "replay" if shards == 1 else f"replay-{index}"
+    return f"relay-{index}" if role == "relay" else component_name(role, index)
+
+
+def shard_dir(index: int, shards: int) -> str:
+    """A shard's snapshot folder in the run directory: replay/ for one, replay/shard-<i>/ for several."""
+    return "replay" if shards == 1 else os.path.join("replay", f"shard-{index}")
 
 
 class Control:
@@ -131,8 +151,8 @@ ACTOR_LINGER_S = 1.5  # within the launcher's 0.6 x SHUTDOWN_GRACE_S for actors,
 
 # -- the bodies ------------------------------------------------------------------------------
 def run_replay(cfg: ReplayConfig, plan: RunPlan, place: Placement, start: Start, stop: StopFlag,
-               telemetry: Telemetry, stopping: Optional[threading.Event] = None) -> None:
-    """`stopping` is set when the run begins to stop: from then on every insert is stored
+               telemetry: Telemetry, stopping: Optional[threading.Event] = None, index: int = 0) -> None:
+    """Replay shard `index`. `stopping` is set when the run begins to stop: from then on every insert is stored
     (the rate limiter would hold the actors' last pushes while the learner stops sampling)."""
     from qfleet.replay_server.build import build_replay_server
 
@@ -140,7 +160,8 @@ def run_replay(cfg: ReplayConfig, plan: RunPlan, place: Placement, start: Start,
     server = build_replay_server(dataclasses.replace(cfg, error_buffer=plan.error_buffer), plan.env,
                                  max_sample_batch=plan.sample_batch, host=place.host, insert_port=insert_port,
                                  request_port=request_port, keys=place.keys,
-                                 snapshot_dir=in_run_dir(place, "replay"), seed=plan.seed)
+                                 snapshot_dir=in_run_dir(place, shard_dir(index, plan.shards)),
+                                 seed=plan.seed + 104729 * index)  # shards draw different samples
     restored = server.restore() if start.resume else None
     if restored:
         log.info("replay restored from %s (%d transitions)", restored, server.table.size)
@@ -174,12 +195,13 @@ def run_learner(cfg: LearnerConfig, plan: RunPlan, place: Placement, start: Star
     wiring = control.wait_wiring(stop)
     if wiring is None:
         return
-    replay = ReplayClient(obs_shape=plan.env.obs_shape, obs_dtype=plan.env.obs_dtype,
-                          request_endpoint=wiring.replay_request, keys=place.keys, timeout=cfg.sample_timeout_s)
+    shards = [ReplayClient(obs_shape=plan.env.obs_shape, obs_dtype=plan.env.obs_dtype, request_endpoint=request,
+                           keys=place.keys, timeout=cfg.sample_timeout_s) for request in wiring.replay_requests]
     device = resolve_device(cfg.device)
     checkpoint = in_run_dir(place, "checkpoint.npz")
     learner = Learner(cfg=cfg, spec=plan.net, env=plan.env, solved_threshold=plan.solved_threshold,
-                      replay=replay, publisher=publisher, device=device, seed=plan.seed, telemetry=telemetry,
+                      replay=shards[0], extra_shards=shards[1:], publisher=publisher, device=device, seed=plan.seed,
+                      telemetry=WithPublisherCounts(telemetry, publisher),
                       checkpoint_path=Path(checkpoint) if checkpoint else None, max_updates=plan.max_updates,
                       meta={"env": plan.env_name, "config": plan.config}, run_state=control.run_state,
                       on_checkpoint=on_checkpoint)
@@ -189,7 +211,24 @@ def run_learner(cfg: LearnerConfig, plan: RunPlan, place: Placement, start: Star
     summary = learner.run(stop.is_set)
     telemetry.report({"event": "finished", **{k: v for k, v in summary.items() if v is not None}})
     publisher.close()
-    replay.close()
+    for client in shards:
+        client.close()
+
+
+class WithPublisherCounts:
+    """The learner's telemetry, with the weights publisher's counters added to its periodic
+    reports: what its weights socket sends, for the fan-out figures of `qfleet bench scaling`."""
+
+    def __init__(self, telemetry: Telemetry, publisher) -> None:
+        self._telemetry, self._publisher = telemetry, publisher
+
+    def report(self, values: dict, **arrays) -> None:
+        if "event" not in values:
+            values = {**values, "weights_sends": self._publisher.sends, "weights_bytes": self._publisher.bytes_sent}
+        self._telemetry.report(values, **arrays)
+
+    def __getattr__(self, name: str):
+        return getattr(self._telemetry, name)
 
 
 def run_actor(cfg: ActorConfig, plan: RunPlan, place: Placement, start: Start, stop: StopFlag,
@@ -201,9 +240,11 @@ def run_actor(cfg: ActorConfig, plan: RunPlan, place: Placement, start: Start, s
     wiring = control.wait_wiring(stop)
     if wiring is None:
         return
-    replay = ReplayClient(obs_shape=plan.env.obs_shape, obs_dtype=plan.env.obs_dtype,
-                          insert_endpoint=wiring.replay_insert, keys=place.keys, insert_hwm=4)
-    weights = WeightSubscriber(spec=plan.net, endpoint=wiring.weights, keys=place.keys)
+    replay = ReplayClient(obs_shape=plan.env.obs_shape, obs_dtype=plan.env.obs_dtype, keys=place.keys, insert_hwm=4,
+                          insert_endpoint=wiring.replay_inserts[shard_of(index, len(wiring.replay_inserts))])
+    relay = wiring.relay_for(place.node)  # none on this node (e.g. restarted elsewhere): the learner's
+    weights = WeightSubscriber(spec=plan.net, endpoint=relay or wiring.weights, keys=place.keys,
+                               fallback=wiring.weights if relay else None, fallback_after_s=plan.relay_fallback_s)
     # A restarted actor gets fresh randomness, not a replay of its predecessor's.
     actor = Actor(cfg=cfg, index=index, num_actors=plan.actors, env=plan.env, net=plan.net,
                   replay=replay, weights=weights, max_insert_batch=plan.max_insert_batch,
@@ -216,6 +257,34 @@ def run_actor(cfg: ActorConfig, plan: RunPlan, place: Placement, start: Start, s
     # Let the last inserts reach the draining replay server: on a loaded machine it can
     # take seconds to read every actor's backlog (close returns as soon as they are out).
     replay.close(linger_s=ACTOR_LINGER_S)
+
+
+RELAY_REPORT_S = 1.0
+
+
+def run_relay(cfg: RelayConfig, plan: RunPlan, place: Placement, start: Start, stop: StopFlag,
+              telemetry: Telemetry, control: Control, index: int) -> None:
+    """A weights relay for the actors of one node: subscribes to the learner (from the
+    Wiring), binds its PUB (a restart binds its predecessor's port, so actors reconnect by
+    themselves) and reports its counters every RELAY_REPORT_S."""
+    from qfleet.actors.weights_relay import WeightsRelay
+
+    wiring = control.wait_wiring(stop)
+    if wiring is None:
+        return
+    relay = WeightsRelay(spec=plan.net, upstream=wiring.weights, host=place.host,
+                         port=start.ports[0] if start.ports else 0, keys=place.keys, republish_s=cfg.republish_s)
+    telemetry.report({"event": "ready", "relay": place.endpoint(relay.endpoint), "node": place.node})
+    last = time.monotonic()
+    try:
+        while not stop.is_set():
+            relay.step(0.05)
+            if time.monotonic() - last >= RELAY_REPORT_S:
+                telemetry.report(relay.stats())
+                last = time.monotonic()
+        telemetry.report({"event": "finished", **relay.stats()})
+    finally:
+        relay.close()
 
 
 def report_crash(name: str, telemetry: Telemetry, exc: BaseException) -> None:

@@ -17,17 +17,16 @@ import zmq
 from qfleet.common import messages as m
 from qfleet.common.codec import decode
 from qfleet.common.config import QfleetConfig
-from qfleet.common.errors import CodecError, LaunchError, QfleetTimeout
+from qfleet.common.errors import CodecError, LaunchError
 from qfleet.common.metrics import MetricsWriter
 from qfleet.common.sockets import CurveKeys, bind, make_socket
-from qfleet.common.telemetry import component_name
+from qfleet.deploy.components import Wiring, part_name
 from qfleet.deploy.plan import RunPlan
 from qfleet.deploy.processes import StopFlag
 from qfleet.deploy.progress import Progress
-from qfleet.replay_server.client import ReplayClient
+from qfleet.deploy.replay_stats import ReplayShards
 
 STARTUP_TIMEOUT_S = 120.0
-EXTERNAL_REPLAY_TIMEOUT_S = 5.0  # a replay server started on its own must answer its first stats request within this
 MAX_REPORTS_PER_DRAIN = 500
 SHUTDOWN_GRACE_S = 4.5  # within the 5 s a user waits after Ctrl-C; each step ends as soon as its part is done
 
@@ -43,13 +42,14 @@ class Launcher:
         self.telemetry = make_socket(zmq.Context.instance(), zmq.PULL, hwm=10_000, server=True, keys=keys,
                                      max_message_bytes=16 << 20)
         self.telemetry_endpoint = bind(self.telemetry, bind_host)
-        self.progress = Progress(cfg.run.actors, resume_state or {})
+        self.progress = Progress(cfg.run.actors, resume_state or {}, shards=plan.shards)
         self.actor_restarts = 0
         self.core_restarts = 0
         self.faults: list[dict] = []
         self.metrics = MetricsWriter(run_dir=run_dir, started_wall=self.progress.started_wall)
         self._files: dict[str, object] = {}
-        self.replay_client: Optional[ReplayClient] = None
+        self.replay_shards: Optional[ReplayShards] = None
+        self.relay_restarts = 0
 
     # -- to be provided by a backend ---------------------------------------------------------
     def _start(self) -> None:
@@ -69,38 +69,22 @@ class Launcher:
         """The learner finished its update budget."""
         raise NotImplementedError
 
-    # -- the replay server's own counters ------------------------------------------------------
-    def _connect_replay(self, request_endpoint: str) -> None:
-        self.replay_client = ReplayClient(obs_shape=self.plan.env.obs_shape, obs_dtype=self.plan.env.obs_dtype,
-                                          request_endpoint=request_endpoint, keys=self.keys, timeout=0.5)
-
-    def _check_external_replay(self, insert: str, request: str) -> None:
-        """A replay server this run did not start must answer and fit the run (LaunchError if not)."""
-        env, started_by = self.plan.env, "start one with `qfleet replay-server` (README: The replay server on its own)"
-        try:
-            stats = self.replay_client.stats(timeout=EXTERNAL_REPLAY_TIMEOUT_S)
-        except QfleetTimeout:
-            raise LaunchError(f"replay.external: no replay server answers at {request} within "
-                              f"{EXTERNAL_REPLAY_TIMEOUT_S:g} s; {started_by}") from None
-        shape = "x".join(map(str, env.obs_shape))
-        if (stats.get("obs_shape"), stats.get("obs_dtype")) != (shape, env.obs_dtype.name):
-            raise LaunchError(f"the replay server at {request} stores observations {stats.get('obs_shape')} "
-                              f"{stats.get('obs_dtype')}, this run's {env.env_id} has {shape} {env.obs_dtype.name}; "
-                              "start it with the same --config/--env as the run")
-        if stats.get("max_sample_batch", 0) < self.plan.sample_batch:
-            raise LaunchError(f"the replay server at {request} serves samples of up to {stats.get('max_sample_batch')} "
-                              f"transitions; this run asks for {self.plan.sample_batch} (learner.batch_size x "
-                              "learner.batches_per_request): start it with the run's learner settings")
-        self.say(f"qfleet: using the replay server at {insert} / {request} ({stats.get('size', 0):,} transitions stored)")
+    # -- the replay servers' own counters ------------------------------------------------------
+    def _connect_replay(self, request_endpoints: list[str]) -> None:
+        self.replay_shards = ReplayShards(self.plan, request_endpoints, self.keys)
 
     def _poll_replay(self) -> None:
-        """Refresh self.progress.replay, until the server's final count has arrived."""
-        if self.replay_client is None or self.progress.replay_final:
+        """Refresh self.progress.replay, until every shard's final count has arrived."""
+        if self.replay_shards is None or self.progress.replay_final:
             return
-        try:
-            self.progress.replay = self.replay_client.stats(timeout=0.5)
-        except QfleetTimeout:
-            pass
+        self.progress.take_replay(self.replay_shards.poll(self.progress.replay_finals))
+
+    def _name(self, role: str, index: int = 0) -> str:
+        return part_name(role, index, self.plan.shards)
+
+    def _shard_endpoints(self, kind: str) -> list[str]:
+        """Every shard's `kind` ('insert' or 'request') endpoint from its ready report, in shard order."""
+        return [self.progress.ready[self._name("replay", i)][kind] for i in range(self.plan.shards)]
 
     # -- reports -----------------------------------------------------------------------------
     def _drain_telemetry(self, timeout_s: float) -> bool:
@@ -164,7 +148,7 @@ class Launcher:
     def _note_recovery(self, report: m.Report) -> None:
         """Close the open fault of this component: a ready report (replay, learner) or the
         first report of a restarted actor (told from its predecessor's by the pid)."""
-        name = component_name(report.role, report.index)
+        name = self._name(report.role, report.index)
         fault = next((f for f in self.faults if f["name"] == name and f["recovered_after_s"] is None
                       and report.values.get("pid") != f["pid"]), None)
         if fault is None or (report.role != "actor" and report.values.get("event") != "ready"):
@@ -206,18 +190,19 @@ class Launcher:
             self._send_run_state(self.progress.run_state())  # kept in the learner's checkpoints
         self.say(self.progress.status_line(tick, elapsed))
 
-    def _write_endpoints(self, replay: Optional[dict] = None) -> None:
-        """Where the components listen (addresses only, never keys), for operators and tests."""
-        ready = self.progress.ready
-        replay = replay or ready["replay"]
+    def _write_endpoints(self, wiring: Wiring) -> None:
+        """Where the components listen (addresses only, never keys), for operators and tests:
+        one replay endpoint of each kind for one shard, a list in shard order for several."""
+        inserts, requests = list(wiring.replay_inserts), list(wiring.replay_requests)
+        one = len(inserts) == 1
         (self.run_dir / "endpoints.json").write_text(json.dumps(
-            {"replay_insert": replay["insert"], "replay_request": replay["request"],
-             "weights": ready["learner"]["weights"], "telemetry": self.telemetry_endpoint,
-             "curve": self.keys is not None}, indent=1))
+            {"replay_insert": inserts[0] if one else inserts, "replay_request": requests[0] if one else requests,
+             "weights": wiring.weights, "telemetry": self.telemetry_endpoint, "curve": self.keys is not None,
+             **({"relays": dict(wiring.relays)} if wiring.relays else {})}, indent=1))
 
-    def _wait_ready(self, roles: set, dead: Callable[[], Optional[str]]) -> None:
+    def _wait_ready(self, names: set, dead: Callable[[], Optional[str]]) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not roles <= set(self.progress.ready):
+        while not names <= set(self.progress.ready):
             if self.stop.is_set():
                 return
             failure = dead()
@@ -257,8 +242,8 @@ class Launcher:
         return (130 if reason == "interrupted" else 0), reason
 
     def close(self) -> None:
-        if self.replay_client is not None:
-            self.replay_client.close()
+        if self.replay_shards is not None:
+            self.replay_shards.close()
         self.metrics.close()
         self.telemetry.close(0)
 
@@ -274,6 +259,8 @@ class Launcher:
                 "episodes": p.episodes, "actor_restarts": self.actor_restarts, "core_restarts": self.core_restarts,
                 "faults": [{k: v for k, v in f.items() if not k.startswith("_")} for f in self.faults],
                 "replay": p.replay, "learner": p.learner_summary,
+                **({"relay_restarts": self.relay_restarts, "relays": {str(i): r for i, r in sorted(p.relays.items())}}
+                   if self.cfg.relay.enabled else {}),
                 "actors": {str(i): a for i, a in sorted(p.actors.items())},
                 "errors": p.errors, "run_dir": str(self.run_dir)}
 

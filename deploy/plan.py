@@ -49,6 +49,10 @@ class RunPlan:
     """Largest insert message the replay server accepts; actors split bigger pushes."""
     replay_external: Optional[tuple[str, str]]
     """(insert, request) endpoints of a replay server already running (replay.external), else None."""
+    shards: int
+    """Replay server processes (replay.shards); actor i inserts into shard i % shards."""
+    relay_fallback_s: float
+    """With weights relays: seconds of relay silence before an actor also subscribes to the learner."""
     config: dict
     """The config as the user set it (kept in checkpoints)."""
 
@@ -78,7 +82,15 @@ def make_plan(cfg: QfleetConfig) -> RunPlan:
                    error_buffer=error_buffer, solved_threshold=threshold, transition_bytes=transition_bytes,
                    seed=cfg.run.seed, actors=cfg.run.actors, max_updates=cfg.run.max_updates,
                    max_insert_batch=replay.max_insert_batch, replay_external=external_endpoints(cfg),
+                   shards=replay.shards, relay_fallback_s=cfg.actor.relay_fallback_after * cfg.relay.republish_s,
                    config=config_to_dict(cfg))
+
+
+def shard_of(actor: int, shards: int) -> int:
+    """The replay shard actor `actor` inserts into: by index, so S shards get the actors
+    spread evenly (counts differ by at most one). It is recomputed on every start, so a run
+    resumed with another actor count or shard count reassigns its actors."""
+    return actor % shards
 
 
 def external_endpoints(cfg: QfleetConfig) -> Optional[tuple[str, str]]:
@@ -93,6 +105,9 @@ def external_endpoints(cfg: QfleetConfig) -> Optional[tuple[str, str]]:
                           "e.g. 127.0.0.1:5555,5556 (what `qfleet replay-server` printed)")
     if cfg.run.backend != "local":
         raise ConfigError("replay.external works with the local backend; on Ray the run starts its own replay server")
+    if cfg.replay.shards > 1:
+        raise ConfigError(f"replay.external is one replay server; replay.shards = {cfg.replay.shards} needs the run "
+                          "to start its own shards (drop replay.external, or set replay.shards=1)")
     return f"tcp://{host}:{insert}", f"tcp://{host}:{request}"
 
 

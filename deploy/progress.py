@@ -10,11 +10,12 @@ import numpy as np
 
 from qfleet.common import messages as m
 from qfleet.common.metrics import Episode
-from qfleet.common.telemetry import component_name
+from qfleet.deploy import replay_stats
+from qfleet.deploy.components import part_name
 
 
 class Progress:
-    def __init__(self, num_actors: int, resumed: Optional[dict] = None):
+    def __init__(self, num_actors: int, resumed: Optional[dict] = None, shards: int = 1):
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.actors: dict[int, dict] = {}
@@ -34,7 +35,11 @@ class Progress:
         self.ready: dict[str, dict] = {}
         self.errors: list[str] = []
         self.learner_summary: dict = {}
-        self.replay_final = False  # replay stats are the server's own final count
+        self.replay_final = False  # replay stats are the servers' own final counts
+        self.shards = shards
+        self.replay_shards: dict[int, dict] = {}  # shard -> its newest stats
+        self.replay_finals: set = set()           # shards whose final count has arrived
+        self.relays: dict[int, dict] = {}         # relay -> its newest counters
         self.num_actors = num_actors
         self._rates: dict[str, tuple[float, float]] = {}
         # Counters of actor processes that died (their successors count from zero), and of
@@ -53,9 +58,9 @@ class Progress:
         v = report.values
         event = v.get("event")
         steps_before = self.env_steps()
-        name = component_name(report.role, report.index)
+        name = part_name(report.role, report.index, self.shards)
         if event == "ready":
-            self.ready[report.role] = v
+            self.ready[name] = v
         elif event == "error":
             self.errors.append(f"{name}: {v.get('message')}")
         elif event == "eval":
@@ -69,8 +74,11 @@ class Progress:
         elif event == "finished" and report.role == "learner":
             self.learner_summary = dict(v)
         elif event == "finished" and report.role == "replay":
-            self.replay = {k: x for k, x in v.items() if k != "event"}
-            self.replay_final = True
+            self.replay_finals.add(report.index)
+            self.take_replay({report.index: {k: x for k, x in v.items() if k != "event"}})
+            self.replay_final = len(self.replay_finals) >= self.shards
+        elif report.role == "relay" and event in (None, "finished"):
+            self.relays[report.index] = {k: x for k, x in v.items() if k != "event"}
         elif report.role == "actor":
             self.actors[report.index] = dict(v)
             self.schedules[report.index] = {"env_steps": v.get("schedule_env_steps", 0),
@@ -95,6 +103,11 @@ class Progress:
         if report.role == "learner" and event is None and "version" in v:
             self._learner_versions.append((self.elapsed, v["version"]))
             self._resolve_version_lags()
+
+    def take_replay(self, stats: dict[int, dict]) -> None:
+        """Newer stats of some shards; self.replay is their sum (one shard's own when S = 1)."""
+        self.replay_shards.update(stats)
+        self.replay = replay_stats.merge(self.replay_shards)
 
     def retire_actor(self, index: int, sent_exact: Optional[int] = None) -> None:
         """An actor process died: keep its counts (its successor reports from zero).

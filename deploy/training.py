@@ -9,7 +9,8 @@ from typing import Callable, NamedTuple, Optional
 
 from qfleet.common.config import QfleetConfig
 from qfleet.common.config_loader import save_config
-from qfleet.common.errors import ConfigError
+from qfleet.common.errors import CheckpointError, ConfigError
+from qfleet.deploy.components import shard_dir
 from qfleet.deploy.plan import RunPlan, make_plan
 from qfleet.deploy.processes import StopFlag
 from qfleet.deploy.run_dir import make_run_dir, write_summary
@@ -60,11 +61,10 @@ def check_resume(run_dir: Path, cfg: QfleetConfig, plan: RunPlan) -> dict:
     snapshot fit this run (CheckpointError naming what differs)."""
     from qfleet.learner.checkpoint import load_checkpoint
     from qfleet.learner.learner import check_compatible
-    from qfleet.replay_server.snapshot import check_newest
 
     _, meta = load_checkpoint(run_dir / "checkpoint.npz")
     check_compatible(meta, plan.net, plan.env.env_id)
-    check_newest(run_dir / "replay", plan.env.obs_shape, plan.env.obs_dtype, cfg.replay.capacity)
+    check_replay_snapshots(run_dir, cfg, plan)
     state = dict(meta.get("run_state") or {"env_steps": 0, "episodes": 0})
     # A learner that stopped on its update budget wrote its last checkpoint before the final
     # counts reached it (up to a status tick old); the previous session's summary has them.
@@ -78,10 +78,30 @@ def check_resume(run_dir: Path, cfg: QfleetConfig, plan: RunPlan) -> dict:
     return state
 
 
+def check_replay_snapshots(run_dir: Path, cfg: QfleetConfig, plan: RunPlan) -> None:
+    """Each shard's newest snapshot fits this run. A run resumes with the shard count its
+    snapshots were written with, or CheckpointError says which: a shard's transitions were
+    inserted under its own priorities and rate limiter, and merging or splitting tables is not
+    something a restart should do silently. (Actors are reassigned to shards by index on every
+    start, so the actor count may change.) A run without snapshots resumes with any count."""
+    from qfleet.replay_server.snapshot import SnapshotStore, check_newest
+
+    replay = run_dir / "replay"
+    shard_dirs = [int(d.name.split("-", 1)[1]) for d in replay.glob("shard-*")
+                  if d.name.split("-", 1)[1].isdigit() and SnapshotStore(d).paths()]
+    written = max(shard_dirs) + 1 if shard_dirs else (1 if SnapshotStore(replay).paths() else 0)
+    if written and written != plan.shards:
+        raise CheckpointError(f"{run_dir} has replay snapshots of {written} shard(s) and this run asks for "
+                              f"replay.shards = {plan.shards}; resume with --set replay.shards={written}")
+    for i in range(plan.shards):
+        check_newest(run_dir / shard_dir(i, plan.shards), plan.env.obs_shape, plan.env.obs_dtype, cfg.replay.capacity)
+
+
 def say_plan(cfg: QfleetConfig, plan: RunPlan, run_dir: Path, *, resuming: bool, say) -> None:
     env = plan.env
+    shards = f"; {plan.shards} replay shards" if plan.shards > 1 else ""
     say(f"qfleet: {'resuming' if resuming else 'training'} {env.env_id} with {plan.actors} actor(s) x "
-        f"{cfg.actor.envs_per_actor} envs; solved at greedy mean >= {plan.solved_threshold}; run directory {run_dir}")
+        f"{cfg.actor.envs_per_actor} envs{shards}; solved at greedy mean >= {plan.solved_threshold}; run directory {run_dir}")
     if env.pixels is not None:
         per_item = plan.transition_bytes
         say(f"qfleet: observing pixels: stacks of {env.pixels.frame_stack} {env.pixels.size}x{env.pixels.size} "

@@ -28,12 +28,16 @@ class WeightPublisher:
         self.epoch = epoch
         self.version = -1
         self._frames: Optional[list] = None
+        self._bytes = 0
         self._last_send = 0.0
         self.published = 0
+        self.sends = 0          # publications and re-publications handed to the socket
+        self.bytes_sent = 0     # their bytes, once per send: the socket sends a copy to each subscriber
 
     def publish(self, params: dict, version: int) -> None:
         self.version = version
         self._frames = m.pack(self.schema, m.Weights(version, time.time(), params, self.epoch))
+        self._bytes = sum(memoryview(f).nbytes for f in self._frames)
         self._send()
         self.published += 1
 
@@ -42,7 +46,9 @@ class WeightPublisher:
             self._send()
 
     def _send(self) -> None:
-        publish(self._sock, self._frames)
+        if publish(self._sock, self._frames):
+            self.sends += 1
+            self.bytes_sent += self._bytes
         self._last_send = time.monotonic()
 
     def close(self) -> None:

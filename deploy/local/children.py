@@ -16,10 +16,10 @@ from typing import Callable, Optional
 
 import zmq
 
-from qfleet.common.config import ActorConfig, LearnerConfig, QfleetConfig, ReplayConfig
-from qfleet.common.telemetry import Telemetry, component_name
-from qfleet.deploy.components import (Control, Placement, Start, Wiring, in_run_dir, report_crash, run_actor,
-                                      run_learner, run_replay)
+from qfleet.common.config import ActorConfig, LearnerConfig, QfleetConfig, RelayConfig, ReplayConfig
+from qfleet.common.telemetry import Telemetry
+from qfleet.deploy.components import (Control, Placement, Start, Wiring, in_run_dir, part_name, report_crash,
+                                      run_actor, run_learner, run_relay, run_replay)
 from qfleet.deploy.plan import RunPlan
 from qfleet.deploy.processes import StopFlag, setup_logging
 
@@ -52,15 +52,16 @@ class Child:
     start: Start
     control: Optional[Connection] = None
     restarts: int = 0
+    shards: int = 1
 
     @property
     def name(self) -> str:
-        return component_name(self.role, self.index)
+        return part_name(self.role, self.index, self.shards)
 
 
 @dataclass
 class Children:
-    """Every component process of a run, keyed by name ('replay', 'learner', 'actor-3')."""
+    """Every component process of a run, keyed by name ('replay' or 'replay-1', 'learner', 'relay-0', 'actor-3')."""
 
     cfg: QfleetConfig
     plan: RunPlan
@@ -77,15 +78,17 @@ class Children:
         if role != "replay":
             receiver, control = self._ctx.Pipe(duplex=False)
         if role == "replay":
-            target, args = replay_main, (self.cfg.replay, self.plan, self.place, start)
+            target, args = replay_main, (self.cfg.replay, self.plan, self.place, start, index)
         elif role == "learner":
             target, args = learner_main, (self.cfg.learner, self.plan, self.place, receiver, start)
+        elif role == "relay":
+            target, args = relay_main, (self.cfg.relay, self.plan, self.place, receiver, index, start)
         else:
             target, args = actor_main, (self.cfg.actor, self.plan, self.place, receiver, index, start)
         proc = self._ctx.Process(target=target, args=args, name=f"qfleet-{role}-{index}", daemon=False)
         with blas_threads(self.cfg.learner.threads if role == "learner" else 1):
             proc.start()  # the child reads these variables when it imports numpy
-        child = Child(role, index, proc, start, control, restarts)
+        child = Child(role, index, proc, start, control, restarts, self.plan.shards)
         self.by_name[child.name] = child
         if control is not None and self.wiring is not None:
             control.send(self.wiring)
@@ -120,23 +123,31 @@ def port_of(endpoint: str) -> int:
 
 
 # -- entry points of the spawned processes ---------------------------------------------------
-def replay_main(cfg: ReplayConfig, plan: RunPlan, place: Placement, start: Start) -> None:
+def replay_main(cfg: ReplayConfig, plan: RunPlan, place: Placement, start: Start, index: int) -> None:
     stopping = threading.Event()
     signal.signal(STOPPING_SIGNAL, lambda signum, frame: stopping.set())
-    _process("replay", 0, place, lambda stop, tel: run_replay(cfg, plan, place, start, stop, tel, stopping))
+    _process("replay", index, plan, place,
+             lambda stop, tel: run_replay(cfg, plan, place, start, stop, tel, stopping, index))
 
 
 def learner_main(cfg: LearnerConfig, plan: RunPlan, place: Placement, pipe: Connection, start: Start) -> None:
-    _process("learner", 0, place, lambda stop, tel: run_learner(cfg, plan, place, start, stop, tel, Control(pipe)))
+    _process("learner", 0, plan, place,
+             lambda stop, tel: run_learner(cfg, plan, place, start, stop, tel, Control(pipe)))
+
+
+def relay_main(cfg: RelayConfig, plan: RunPlan, place: Placement, pipe: Connection, index: int, start: Start) -> None:
+    _process("relay", index, plan, place,
+             lambda stop, tel: run_relay(cfg, plan, place, start, stop, tel, Control(pipe), index))
 
 
 def actor_main(cfg: ActorConfig, plan: RunPlan, place: Placement, pipe: Connection, index: int, start: Start) -> None:
-    _process("actor", index, place,
+    _process("actor", index, plan, place,
              lambda stop, tel: run_actor(cfg, plan, place, start, stop, tel, Control(pipe), index))
 
 
-def _process(role: str, index: int, place: Placement, body: Callable[[StopFlag, Telemetry], None]) -> None:
-    name = component_name(role, index)
+def _process(role: str, index: int, plan: RunPlan, place: Placement,
+             body: Callable[[StopFlag, Telemetry], None]) -> None:
+    name = part_name(role, index, plan.shards)
     log_path = in_run_dir(place, os.path.join("logs", f"{name}.log"))
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
