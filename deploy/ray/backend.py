@@ -1,10 +1,12 @@
 """The Ray backend: the same components as Ray actors on a Ray cluster.
 
-Ray places the components by resources (the replay server and learner on node types that
-offer `ray.replay_resource` / `ray.learner_resource` when the cluster has them, the
-learner on a GPU when there is one, actors spread across nodes), starts them, and
-restarts crashed actors (also after losing their node); the launcher then wires them
-again and reports the restart. Losing the replay server or the learner stops the run.
+Ray places the components (`deploy.ray.placement`: replay shards and the learner on node
+types that offer `ray.replay_resource` / `ray.learner_resource` when the cluster has them,
+several shards spread over nodes, the learner on a GPU when there is one, actors spread
+across nodes, with relay.enabled one weights relay on each node that hosts actors), starts
+them, and restarts crashed actors and relays (also after losing their node) and replay
+shards (from their snapshots, on their ports); the launcher then wires them again and
+reports the restart. Losing the learner stops the run.
 
 The data plane is ZeroMQ, as in local mode: components bind on all interfaces at
 OS-chosen ports and advertise their node's address; every socket uses CURVE with keys
@@ -17,31 +19,32 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 from qfleet.common.config import QfleetConfig
 from qfleet.common.sockets import CurveKeys
-from qfleet.common.telemetry import component_name
 from qfleet.deploy.components import Placement, Start, Wiring
-from qfleet.deploy.launcher import SHUTDOWN_GRACE_S, Launcher
+from qfleet.deploy.launcher import SHUTDOWN_GRACE_S, STARTUP_TIMEOUT_S, Launcher
+from qfleet.deploy.local.children import port_of
+from qfleet.deploy.ray import placement
 from qfleet.deploy.plan import RunPlan
 from qfleet.deploy.processes import StopFlag
+
+RESTARTED = {"actor": "it reconnects", "relay": "its actors use the learner's weights meanwhile",
+             "replay": "from its snapshot, on its ports; the learner samples the other shards meanwhile"}
 
 
 @dataclass
 class Hosted:
     role: str
     index: int
+    name: str                 # deploy.components.part_name
     handle: object            # the Ray actor handle
     run_ref: object = None    # the ObjectRef of its running `run()`
     restarts: int = 0
     where: Optional[dict] = None
-
-    @property
-    def name(self) -> str:
-        return component_name(self.role, self.index)
 
 
 def connect(address: str, local_cpus: float = 0.0) -> bool:
@@ -71,7 +74,8 @@ class RayLauncher(Launcher):
         import ray
 
         r = cfg.ray
-        self._owns_ray = connect(r.address, r.replay_cpus + r.learner_cpus + cfg.run.actors * r.actor_cpus)
+        self._owns_ray = connect(r.address, cfg.replay.shards * r.replay_cpus + r.learner_cpus
+                                 + cfg.run.actors * r.actor_cpus)
         keys = CurveKeys.generate() if cfg.ray.curve else None
         super().__init__(cfg, plan, run_dir, stop, say, bind_host="0.0.0.0", keys=keys)
         driver_ip = ray.util.get_node_ip_address()
@@ -82,57 +86,53 @@ class RayLauncher(Launcher):
         self.wiring: Optional[Wiring] = None
         self._learner_finished = False
 
-    # -- placing ---------------------------------------------------------------------------
-    def _options(self, role: str) -> dict:
-        import ray
-
-        r = self.cfg.ray
-        available = ray.cluster_resources()
-        opts: dict = {"max_concurrency": 4, "max_restarts": 0, "max_task_retries": 0}
-        resource = {"replay": r.replay_resource, "learner": r.learner_resource, "actor": r.actor_resource}[role]
-        if resource and available.get(resource, 0) > 0:
-            opts["resources"] = {resource: 1e-3}
-        if role == "replay":
-            opts["num_cpus"] = r.replay_cpus
-        elif role == "learner":
-            opts["num_cpus"] = r.learner_cpus
-            gpus = (1.0 if available.get("GPU", 0) >= 1 else 0.0) if r.learner_gpus < 0 else r.learner_gpus
-            opts["num_gpus"] = gpus
-        else:
-            opts["num_cpus"] = r.actor_cpus
-            opts["max_restarts"] = self.cfg.run.max_actor_restarts
-            if r.spread_actors:
-                opts["scheduling_strategy"] = "SPREAD"
-        return opts
-
-    def _create(self, role: str, index: int = 0) -> Hosted:
+    # -- placing and starting ------------------------------------------------------------------
+    def _create(self, role: str, index: int = 0, node: Optional[str] = None) -> Hosted:
         import ray
 
         from qfleet.deploy.ray.host import ComponentHost
 
-        cls = ray.remote(ComponentHost).options(**self._options(role), name=None)
-        section = {"replay": self.cfg.replay, "learner": self.cfg.learner, "actor": self.cfg.actor}[role]
+        cls = ray.remote(ComponentHost).options(**placement.options(self.cfg, role, node), name=None)
+        section = {"replay": self.cfg.replay, "learner": self.cfg.learner, "actor": self.cfg.actor,
+                   "relay": self.cfg.relay}[role]
         handle = cls.remote(role, index, section, self.plan, self.place, Start(), self.run_name)
-        hosted = Hosted(role, index, handle)
+        hosted = Hosted(role, index, self._name(role, index), handle)
         hosted.run_ref = handle.run.remote()
         self.hosts[hosted.name] = hosted
         return hosted
 
-    # -- starting ---------------------------------------------------------------------------
     def _start(self) -> None:
-        self._create("replay")
+        shards = range(self.plan.shards)
+        for i, node in zip(shards, placement.shard_nodes(self.cfg)):
+            self._create("replay", i, node)
         self._create("learner")
         for i in range(self.cfg.run.actors):
             self._create("actor", i)
-        self._wait_ready({"replay", "learner"}, self._dead_on_arrival)
-        replay, learner = self.progress.ready["replay"], self.progress.ready["learner"]
-        self.wiring = Wiring(replay["insert"], replay["request"], learner["weights"])
-        self._write_endpoints()
+        self._wait_ready({self._name("replay", i) for i in shards} | {"learner"}, self._dead_on_arrival)
+        weights = self.progress.ready["learner"]["weights"]
+        self.wiring = Wiring(tuple(self._shard_endpoints("insert")), tuple(self._shard_endpoints("request")), weights)
+        if self.cfg.relay.enabled:
+            self.wiring = replace(self.wiring, relays=self._start_relays())
+        self._write_endpoints(self.wiring)
         for hosted in self.hosts.values():
-            if hosted.role != "replay":
+            if hosted.role not in ("replay", "relay"):
                 hosted.handle.wire.remote(self.wiring)
-        self._connect_replay(replay["request"])
+        self._connect_replay(list(self.wiring.replay_requests))
         self._record_processes()
+
+    def _start_relays(self) -> tuple:
+        """One relay on each node that hosts actors (found where Ray put them), wired to the
+        learner and ready before the actors are wired, so they subscribe to it from the start."""
+        import ray
+
+        actors = [h for h in self.hosts.values() if h.role == "actor"]
+        nodes = sorted({w["node_id"] for w in ray.get([h.handle.where.remote() for h in actors],
+                                                      timeout=STARTUP_TIMEOUT_S)})
+        relays = [self._create("relay", i, node) for i, node in enumerate(nodes)]
+        for relay in relays:
+            relay.handle.wire.remote(Wiring(weights=self.progress.ready["learner"]["weights"]))
+        self._wait_ready({r.name for r in relays}, self._dead_on_arrival)
+        return tuple((node, self.progress.ready[r.name]["relay"]) for node, r in zip(nodes, relays))
 
     def _dead_on_arrival(self) -> Optional[str]:
         import ray
@@ -180,29 +180,61 @@ class RayLauncher(Launcher):
                     self._learner_finished = True
                 continue
             node = (hosted.where or {}).get("node_ip", "?")
-            if hosted.role != "actor":
-                return (f"the {hosted.role} on node {node} died ({error}); on the Ray backend losing the "
-                        f"replay server or the learner stops the run")
+            if hosted.role == "learner":
+                return (f"the learner on node {node} died ({error}); on the Ray backend losing the "
+                        f"learner stops the run")
             if error.startswith("ActorUnavailableError") and self._restarting(hosted):
                 # Until Ray declares a lost node dead (heartbeats, ~15 s), calls to an actor that
                 # was on it fail as "unavailable": the same loss, already counted; ask again.
-                hosted.handle.wire.remote(self.wiring)
-                hosted.run_ref = hosted.handle.run.remote()
+                self._rerun(hosted)
                 continue
-            if self.actor_restarts >= self.cfg.run.max_actor_restarts:
-                return f"{hosted.name} died ({error}) and the restart limit ({self.cfg.run.max_actor_restarts}) is spent"
-            self.actor_restarts += 1
+            failure = self._count_restart(hosted, error)
+            if failure:
+                return failure
+            self._record_fault(hosted.name, hosted.role, (hosted.where or {}).get("pid", -1), error, self._sent_exact())
+            if hosted.role == "actor":
+                self.progress.retire_actor(hosted.index)
+            self.say(f"{hosted.name} on node {node} died ({error}); Ray restarts it ({RESTARTED[hosted.role]})")
             hosted.restarts += 1
-            self._record_fault(hosted.name, "actor", (hosted.where or {}).get("pid", -1), error, self._sent_exact())
-            self.progress.retire_actor(hosted.index)
-            self.say(f"{hosted.name} on node {node} died ({error}); Ray restarts it "
-                     f"({self.actor_restarts} restart(s) so far)")
-            # Calls queue until Ray has the actor back (on this node or, after a node loss, another).
-            hosted.handle.wire.remote(self.wiring)
-            hosted.run_ref = hosted.handle.run.remote()
+            self._rerun(hosted)  # calls queue until Ray has it back (on its node or, after a node loss, another)
             hosted.where = None
         if any(h.where is None for h in self.hosts.values()):
             self._record_processes()
+        return self._moved_shard()
+
+    def _count_restart(self, hosted: Hosted, error: str) -> Optional[str]:
+        """Count one restart against its limit; the failure message when it is spent."""
+        run = self.cfg.run
+        counter, limit = {"actor": ("actor_restarts", run.max_actor_restarts),
+                          "relay": ("relay_restarts", run.max_actor_restarts),
+                          "replay": ("core_restarts", run.max_core_restarts)}[hosted.role]
+        if getattr(self, counter) >= limit:
+            return f"{hosted.name} died ({error}) and the restart limit ({limit}) is spent"
+        setattr(self, counter, getattr(self, counter) + 1)
+        return None
+
+    def _rerun(self, hosted: Hosted) -> None:
+        """Run a restarted component again: a replay shard on its ports from its snapshot, a
+        relay on its port (peers reconnect by themselves), an actor wired again."""
+        ready = self.progress.ready.get(hosted.name, {})
+        start = None
+        if hosted.role == "replay":
+            start = Start(ports=(port_of(ready["insert"]), port_of(ready["request"])), resume=True)
+        elif hosted.role == "relay":
+            start = Start(ports=(port_of(ready["relay"]),))
+            hosted.handle.wire.remote(Wiring(weights=self.wiring.weights))
+        else:
+            hosted.handle.wire.remote(self.wiring)
+        hosted.run_ref = hosted.handle.run.remote(start)
+
+    def _moved_shard(self) -> Optional[str]:
+        """A replay shard that came back at another address (Ray restarted it on another node
+        after its node was lost) is out of the learner's and its actors' reach."""
+        for i, insert in enumerate(self.wiring.replay_inserts):
+            now = self.progress.ready.get(self._name("replay", i), {}).get("insert", insert)
+            if now != insert:
+                return (f"{self._name('replay', i)} came back at {now}, not at {insert} where the learner and "
+                        "its actors reach it (its node was lost); stopping the run")
         return None
 
     def _restarting(self, hosted: Hosted) -> bool:
@@ -225,14 +257,14 @@ class RayLauncher(Launcher):
         import ray
 
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        replay, learner = self.hosts.get("replay"), self.hosts.get("learner")
-        if replay is not None:
+        replays = [h for h in self.hosts.values() if h.role == "replay"]
+        for replay in replays:
             replay.handle.begin_stopping.remote()  # from now on it stores every insert
         actors = [h for h in self.hosts.values() if h.role == "actor"]
         self._stop_and_wait(actors, time.monotonic() + 0.6 * SHUTDOWN_GRACE_S)
-        if learner is not None:
+        if "learner" in self.hosts:
             self._send_run_state(self.progress.run_state())
-        self._stop_and_wait([h for h in (replay, learner) if h is not None], deadline)
+        self._stop_and_wait([h for h in self.hosts.values() if h.role in ("replay", "learner", "relay")], deadline)
         for hosted in self.hosts.values():
             ray.kill(hosted.handle, no_restart=True)
         self._drain_all_telemetry(0.2)
