@@ -209,7 +209,8 @@ def run_learner(cfg: LearnerConfig, plan: RunPlan, place: Placement, start: Star
         learner.restore(*load_checkpoint(checkpoint))
     log.info("learner on %s (%s backend), epoch %d", device, learner.backend, start.epoch)
     summary = learner.run(stop.is_set)
-    telemetry.report({"event": "finished", **{k: v for k, v in summary.items() if v is not None}})
+    telemetry.report({"event": "finished", **{k: v for k, v in summary.items() if v is not None},
+                      "weights_sends": publisher.sends, "weights_bytes": publisher.bytes_sent})
     publisher.close()
     for client in shards:
         client.close()

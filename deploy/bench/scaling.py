@@ -7,6 +7,7 @@ and measures over the next `--seconds`, between two of the run's own metrics tic
 env steps/s, transitions stored/s, learner updates/s, achieved samples per insert, policy
 lag (versions behind, and ms from publication to first use, from policy_lag.csv), replay
 sample latency, the learner's fraction of time waiting for data, and CPU per process.
+`--shards` and `--relays` measure replay shards and weights relays instead (bench/shards.py).
 """
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import psutil
 
 from qfleet.common.errors import LaunchError
+from qfleet.deploy.bench import shards
 from qfleet.deploy.bench.report import machine, markdown_table, write_json
 
 
@@ -37,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--table", help="write the markdown table here")
     p.add_argument("--plot", help="write a PNG of throughput and lag against actor count here")
+    shards.add_arguments(p)
 
 
 def ticks(run: Path) -> list[dict]:
@@ -60,14 +64,16 @@ def cpu_seconds(root: psutil.Process, roles: dict[int, str]) -> dict[str, float]
     return out
 
 
-def measure(n: int, mode: str, args: argparse.Namespace, root_dir: Path) -> dict:
-    name = f"scale-{n}-{mode}"
+def measure(n: int, mode: str, args: argparse.Namespace, root_dir: Path, extra: tuple = (), tag: str = "",
+            after: Optional[Callable[[dict, Path], None]] = None) -> dict:
+    """One row; `extra` are further overrides, `after` adds to the row from the finished run."""
+    name = f"scale-{n}-{mode}{tag}"
     cmd = [sys.executable, "-m", "qfleet", "train", "--backend", args.backend, "--actors", str(n),
            "--max-seconds", str(args.warmup + args.seconds + 120), "--run-dir", str(root_dir), "--name", name,
            "--set", "run.stop_when_solved=false"]
     if mode == "off":
         cmd += ["--set", "replay.samples_per_insert=0"]
-    for item in args.set:
+    for item in [*args.set, *extra]:
         cmd += ["--set", item]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run = root_dir / name
@@ -92,8 +98,11 @@ def measure(n: int, mode: str, args: argparse.Namespace, root_dir: Path) -> dict
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return _row(n, mode, start_tick, end_tick, run, {k: (cpu1.get(k, 0) - cpu0.get(k, 0)) / (wall1 - wall0)
-                                                     for k in cpu1})
+    row = _row(n, mode, start_tick, end_tick, run, {k: (cpu1.get(k, 0) - cpu0.get(k, 0)) / (wall1 - wall0)
+                                                    for k in cpu1})
+    if after is not None:
+        after(row, run)
+    return row
 
 
 def _roles(run: Path) -> dict[int, str]:
@@ -119,6 +128,7 @@ def _row(n: int, mode: str, t0: dict, t1: dict, run: Path, cpu: dict) -> dict:
 
     return {"actors": n, "mode": mode, "seconds": dt, "env_steps_per_s": rate("actors/env_steps"),
             "transitions_stored_per_s": stored, "learner_updates_per_s": rate("learner/updates"),
+            "samples_per_s": rate("replay/sampled"), "versions_per_s": rate("learner/version"),
             "samples_per_insert": rate("replay/sampled") / stored if stored else float("nan"),
             "policy_lag_versions_p50": pct(lags["versions"], 50), "policy_lag_versions_p99": pct(lags["versions"], 99),
             "policy_lag_ms_p50": pct(lags["ms"], 50), "policy_lag_ms_p99": pct(lags["ms"], 99),
@@ -163,6 +173,8 @@ COLUMNS = ["actors", "mode", "env_steps_per_s", "transitions_stored_per_s", "lea
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.shards or args.relays:
+        return shards.run(args)
     counts = [int(x) for x in args.actors.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
     rows = []
