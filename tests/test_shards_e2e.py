@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import pytest
 
@@ -30,6 +31,20 @@ def wait_for(condition, proc: subprocess.Popen, what: str) -> None:
         time.sleep(0.2)
 
 
+def run_to_end(cmd: list[str], act: Callable[[subprocess.Popen], None]) -> str:
+    """Start `cmd`, do `act` to it while it runs, wait for it to end; its output, after
+    asserting it ended well (killed, if the test failed on the way)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=python_env())
+    try:
+        act(proc)
+        output, _ = proc.communicate(timeout=HANG_GUARD_S + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-3000:]
+    return output
+
+
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
@@ -37,20 +52,17 @@ def sharded_run(tmp_path_factory):
            "--run-dir", str(root), "--name", "run", "--set", "run.stop_when_solved=false",
            "--set", f"run.max_updates={UPDATES}", "--set", f"replay.shards={SHARDS}", "--set", "relay.enabled=true",
            "--set", "replay.snapshot_every_s=1", "--set", "learner.checkpoint_every_s=1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=python_env())
-    run = root / "run"
-    try:
+    run, killed = root / "run", []
+
+    def kill_shard(proc: subprocess.Popen) -> None:
         # Once shard 1 has a snapshot and training has gone on, kill it (no sleep: by the run's own count).
         wait_for(lambda: any((run / "replay" / "shard-1").glob("replay-*.npz")) and updates_so_far(run) >= KILL_AT,
                  proc, "a snapshot of shard 1 and training")
-        pid = json.loads((run / "processes.json").read_text())["replay-1"]
-        os.kill(pid, signal.SIGKILL)
-        output, _ = proc.communicate(timeout=HANG_GUARD_S + 60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output[-3000:]
-    return json.loads((run / "summary.json").read_text()), output, pid, run
+        killed.append(json.loads((run / "processes.json").read_text())["replay-1"])
+        os.kill(killed[0], signal.SIGKILL)
+
+    output = run_to_end(cmd, kill_shard)
+    return json.loads((run / "summary.json").read_text()), output, killed[0], run
 
 
 @pytest.mark.slow

@@ -115,13 +115,9 @@ class LocalLauncher(Launcher):
                     return failure
                 continue
             if child.role == "actor":
-                if self.actor_restarts >= self.cfg.run.max_actor_restarts:
-                    return f"{child.name} died (exit code {code}) and the restart limit " \
-                           f"({self.cfg.run.max_actor_restarts}) is spent"
-                self.actor_restarts += 1
-                self._record_fault(child.name, child.role, child.process.pid, code, self._sent_exact())
-                self.say(f"{child.name} (pid {child.process.pid}) died with exit code {code}; restarting it "
-                         f"({self.actor_restarts} restart(s) so far)")
+                failure = self._count_restart(child, code, "actor_restarts", "{n} restart(s) so far")
+                if failure:
+                    return failure
                 self.progress.retire_actor(child.index, self._read_sent(child))
                 self.children.spawn("actor", Start(incarnation=child.restarts + 1,
                                                    schedule=self.progress.schedule_for(child.index)),
@@ -138,17 +134,24 @@ class LocalLauncher(Launcher):
             self.children.spawn(child.role, self._restart_start(child), index=child.index, restarts=child.restarts + 1)
         return None
 
-    def _restart_relay(self, child: Child, code: object) -> Optional[str]:
-        """A dead relay is restarted like an actor, on its port (its actors reconnect by
-        themselves and use the learner meanwhile); relay restarts count against
-        run.max_actor_restarts on their own."""
-        if self.relay_restarts >= self.cfg.run.max_actor_restarts:
-            return f"{child.name} died (exit code {code}) and the restart limit " \
-                   f"({self.cfg.run.max_actor_restarts}) is spent"
-        self.relay_restarts += 1
+    def _count_restart(self, child: Child, code: object, counter: str, note: str) -> Optional[str]:
+        """Count, record and announce the restart of an actor or a relay (each kind against
+        run.max_actor_restarts); the failure message when the limit is spent."""
+        limit = self.cfg.run.max_actor_restarts
+        if getattr(self, counter) >= limit:
+            return f"{child.name} died (exit code {code}) and the restart limit ({limit}) is spent"
+        setattr(self, counter, getattr(self, counter) + 1)
         self._record_fault(child.name, child.role, child.process.pid, code, self._sent_exact())
         self.say(f"{child.name} (pid {child.process.pid}) died with exit code {code}; restarting it "
-                 f"(its actors use the learner's weights meanwhile)")
+                 f"({note.format(n=getattr(self, counter))})")
+        return None
+
+    def _restart_relay(self, child: Child, code: object) -> Optional[str]:
+        """A dead relay is restarted like an actor, on its port (its actors reconnect by
+        themselves and use the learner meanwhile)."""
+        failure = self._count_restart(child, code, "relay_restarts", "its actors use the learner's weights meanwhile")
+        if failure:
+            return failure
         port = port_of(self.progress.ready[child.name]["relay"])
         self.children.spawn("relay", Start(ports=(port,), incarnation=child.restarts + 1), index=child.index,
                             restarts=child.restarts + 1)

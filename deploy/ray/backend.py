@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -81,7 +82,9 @@ class RayLauncher(Launcher):
         driver_ip = ray.util.get_node_ip_address()
         self.place = Placement(telemetry=self.telemetry_endpoint.replace("0.0.0.0", driver_ip), host="0.0.0.0",
                                keys=keys)
-        self.run_name = run_dir.name
+        # The components' folders on their nodes (/tmp/qfleet/<run_name>/): one per launch, so a
+        # restarted replay shard restores its own snapshots, never those of an earlier run of that name.
+        self.run_name = f"{run_dir.name}-{secrets.token_hex(4)}"
         self.hosts: dict[str, Hosted] = {}
         self.wiring: Optional[Wiring] = None
         self._learner_finished = False
