@@ -106,8 +106,18 @@ class LearnerConfig:
     """Adam epsilon."""
     hidden: tuple[int, ...] = setting((128, 128), min_len=1, ge=1)
     """Hidden layer sizes of the MLP Q-network."""
-    cnn_hidden: tuple[int, ...] = setting((512,), min_len=1, ge=1)
-    """Dense layer sizes after the convolutional torso of the CNN Q-network (pixel observations)."""
+    network: str = setting("auto", choices=("auto", "mlp", "cnn"))
+    """Q-network kind. 'auto': a CNN for image observations, an MLP for any other Box. An
+    image is a 3-D uint8 or bool Box with its channel axis at one end (CHW, e.g. (4, 84, 84)
+    frame stacks; or HWC, e.g. (10, 10, 4) MinAtar grids and (210, 160, 3) screens): the
+    channel axis is an end axis no longer than the other two, HWC when both ends qualify.
+    Frames of at least 36x36 get the Nature DQN torso (Mnih et al. 2015), smaller ones the
+    MinAtar paper's torso (one 16-channel 3x3 convolution). 'mlp' flattens any observation;
+    'cnn' forces a CNN by the shape rule alone (any dtype; floats are not rescaled) and is
+    refused for observations without a channel axis."""
+    cnn_hidden: tuple[int, ...] = setting((), ge=1)
+    """Dense layer sizes after the convolutional torso of the CNN Q-network; empty (the
+    default) uses the torso's own: 512 after the Nature torso, 128 after the MinAtar one."""
     dueling: bool = setting(False)
     """Dueling heads (value + advantage)."""
     target_update: str = setting("polyak", choices=("hard", "polyak"))

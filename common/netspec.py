@@ -1,4 +1,5 @@
-"""Q-network shapes, shared by every part, and the numpy forward pass of the MLP.
+"""Q-network shapes, shared by every part, the rule that picks a CNN or an MLP for an
+observation space, and the numpy forward pass of the MLP.
 
 `NetSpec` names an architecture; `param_shapes` gives the parameter names and shapes that
 the torch module (`common.networks`) has, so a weights message can be validated exactly
@@ -8,9 +9,16 @@ actors need no torch (faster start-up, less memory), and its output matches torc
 This module imports no other part of qfleet: `common.networks` (torch) builds on it, and
 `common.policy` picks between the two.
 
-The CNN is the DQN torso of Mnih et al. (2015): three convolutions (32 8x8 stride 4,
-64 4x4 stride 2, 64 3x3 stride 1, ReLU after each, no normalisation) on stacked uint8
-frames scaled to [0, 1], then the same dense layers and heads as the MLP.
+Two convolutional torsos, each followed by dense layers and the same heads as the MLP:
+
+- 'nature', the DQN torso of Mnih et al. (2015): 32 8x8 stride 4, 64 4x4 stride 2,
+  64 3x3 stride 1, ReLU after each, no normalisation, then 512 dense units. Made for 84x84
+  Atari frames; it needs frames of at least 36x36.
+- 'minatar', the torso of the MinAtar paper (Young & Tian, 2019): one 3x3 stride-1
+  convolution with 16 channels, ReLU, then 128 dense units. Made for MinAtar's 10x10 grids,
+  where the Nature torso's 8x8 stride-4 first layer would leave almost nothing.
+
+`choose_net` is the one place that decides which network an observation space gets.
 """
 from __future__ import annotations
 
@@ -18,26 +26,137 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-
-CONV_LAYERS = ((32, 8, 4), (64, 4, 2), (64, 3, 1))  # (out channels, kernel, stride)
+PIXEL_SCALE = 1.0 / 255.0  # uint8 frames -> [0, 1]
+TORSOS = {  # name -> conv layers as (out channels, kernel, stride)
+    "nature": ((32, 8, 4), (64, 4, 2), (64, 3, 1)),
+    "minatar": ((16, 3, 1),),
+}
+TORSO_HIDDEN = {"nature": (512,), "minatar": (128,)}  # each paper's dense layer after its torso
+NATURE_MIN_SIDE = 36   # smallest frame side the Nature torso accepts (8/4 -> 4/2 -> 3/1)
+IMAGE_MIN_SIDE = 3     # smallest frame side any torso accepts (MinAtar's 3x3 convolution)
+IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.bool_))
+NETWORKS = ("auto", "mlp", "cnn")
 
 
 class NetSpec(NamedTuple):
-    kind: str             # "mlp" (vector observations) or "cnn" (stacked frames, (k, H, W) uint8)
-    obs_shape: tuple
+    kind: str             # "mlp" (flattened observations) or "cnn" (a conv torso on 3-D frames)
+    obs_shape: tuple      # as the environment gives it (for a CNN: CHW or HWC, see `layout`)
     num_actions: int
     hidden: tuple = (128, 128)  # dense layers (after the convolutions for a CNN)
     dueling: bool = False
+    torso: str = "nature"       # CNN only: a key of TORSOS
+    layout: str = "chw"         # CNN only: "chw" or "hwc", where obs_shape's channel axis is
+    input_scale: float = PIXEL_SCALE  # CNN only: observations are cast to float and multiplied by it
+
+    def describe(self) -> str:
+        """One line for messages: what the network is and what it takes."""
+        if self.kind == "cnn":
+            body = f"{self.torso} CNN on {self.layout.upper()} {tuple(self.obs_shape)}"
+        else:
+            body = f"MLP on {tuple(self.obs_shape)}"
+        return f"{body} -> {tuple(self.hidden)} -> {self.num_actions} actions" + (" (dueling)" if self.dueling else "")
 
 
-def conv_output_shape(obs_shape: tuple) -> tuple[int, int, int]:
+def channel_layout(shape: tuple) -> Optional[str]:
+    """Where the channel axis of a 3-D observation is, by shape alone: 'chw', 'hwc' or None.
+
+    The channel axis is an end axis no longer than either of the other two (channels are
+    few, frames are wide): (4, 84, 84) Atari frame stacks are CHW, (10, 10, 4) MinAtar grids
+    and (210, 160, 3) RGB screens are HWC. When both end axes qualify, as in MinAtar
+    Seaquest's (10, 10, 10), it is HWC: gymnasium's convention for image spaces (ALE's RGB
+    observations and MinAtar are HWC; CHW stacks come from frame stacking, whose stack axis
+    is short). None when neither end axis qualifies, or when the frames (the other two axes)
+    are smaller than IMAGE_MIN_SIDE on a side.
+    """
+    if len(shape) != 3:
+        return None
+    first, middle, last = (int(s) for s in shape)
+    layout = "hwc" if last <= min(first, middle) else "chw" if first <= min(middle, last) else None
+    if layout is None:
+        return None
+    _, h, w = frame_shape(shape, layout)
+    return layout if min(h, w) >= IMAGE_MIN_SIDE else None
+
+
+def image_layout(shape: tuple, dtype) -> Optional[str]:
+    """'chw' or 'hwc' if an observation space of this shape and dtype is an image, else None.
+
+    An image is a 3-D Box of uint8 (frames, 0..255) or bool (MinAtar's object channels)
+    whose channel axis `channel_layout` finds. Float observations are never images under
+    'auto', whatever their shape: floats are what vector tasks emit, so a (4, 84, 84) float32
+    Box gets an MLP unless learner.network = 'cnn' says otherwise.
+    """
+    if np.dtype(dtype) not in IMAGE_DTYPES:
+        return None
+    return channel_layout(tuple(shape))
+
+
+def frame_shape(shape: tuple, layout: str) -> tuple[int, int, int]:
+    """(channels, height, width) of a 3-D observation shape in `layout`."""
+    if layout == "hwc":
+        h, w, c = shape
+    elif layout == "chw":
+        c, h, w = shape
+    else:
+        raise ValueError(f"unknown frame layout '{layout}' (expected 'chw' or 'hwc')")
+    return int(c), int(h), int(w)
+
+
+def torso_for(height: int, width: int) -> str:
+    """The Nature torso for frames it fits (at least 36x36, e.g. 84x84 Atari), else MinAtar's."""
+    return "nature" if min(height, width) >= NATURE_MIN_SIDE else "minatar"
+
+
+def input_scale_for(dtype) -> float:
+    """What a CNN multiplies its input by: uint8 frames /255, bool 0/1 and floats as they are."""
+    return PIXEL_SCALE if np.dtype(dtype) == np.uint8 else 1.0
+
+
+def choose_net(*, obs_shape: tuple, obs_dtype, num_actions: int, network: str = "auto",
+               hidden: tuple = (128, 128), cnn_hidden: tuple = (), dueling: bool = False) -> NetSpec:
+    """The network an observation space gets; ValueError naming the shape if `network` =
+    'cnn' is asked of observations that have no channel axis.
+
+    network: 'auto' gives images (`image_layout`) a CNN and everything else an MLP; 'mlp'
+    flattens any observation (an MLP sees raw values, uint8 frames are not scaled); 'cnn'
+    uses the shape rule of `channel_layout` for any dtype (floats are taken as already
+    scaled). The torso follows the frame size (`torso_for`); cnn_hidden empty means that
+    torso's own dense layer (512 or 128), hidden are the MLP's layers.
+    """
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network '{network}' (expected one of {', '.join(NETWORKS)})")
+    shape = tuple(int(s) for s in obs_shape)
+    layout = image_layout(shape, obs_dtype) if network == "auto" else channel_layout(shape) if network == "cnn" else None
+    if network == "cnn" and layout is None:
+        raise ValueError(f"a CNN needs 3-D observations with a channel axis at one end and frames of at least "
+                         f"{IMAGE_MIN_SIDE}x{IMAGE_MIN_SIDE} (CHW or HWC); these are {shape} "
+                         f"{np.dtype(obs_dtype).name}")
+    if layout is None:
+        return NetSpec("mlp", shape, num_actions, tuple(hidden), dueling)
+    _, h, w = frame_shape(shape, layout)
+    torso = torso_for(h, w)
+    return NetSpec("cnn", shape, num_actions, tuple(cnn_hidden) or TORSO_HIDDEN[torso], dueling, torso=torso,
+                   layout=layout, input_scale=input_scale_for(obs_dtype))
+
+
+def conv_layers(spec: NetSpec) -> tuple[tuple[int, int, int], ...]:
+    """The (out channels, kernel, stride) of each convolution of a CNN spec."""
+    if spec.torso not in TORSOS:
+        raise ValueError(f"unknown CNN torso '{spec.torso}' (expected one of {', '.join(TORSOS)})")
+    return TORSOS[spec.torso]
+
+
+def conv_output_shape(spec: NetSpec) -> tuple[int, int, int]:
     """(channels, height, width) after the CNN torso; ValueError if frames are too small."""
-    _, h, w = obs_shape
-    for _, kernel, stride in CONV_LAYERS:
+    _, height, width = frame_shape(spec.obs_shape, spec.layout)
+    h, w = height, width
+    for _, kernel, stride in conv_layers(spec):
         h, w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
     if h < 1 or w < 1:
-        raise ValueError(f"frames of {obs_shape[1]}x{obs_shape[2]} are too small for the DQN torso (needs 36x36)")
-    return CONV_LAYERS[-1][0], h, w
+        need = NATURE_MIN_SIDE if spec.torso == "nature" else IMAGE_MIN_SIDE
+        raise ValueError(f"frames of {height}x{width} are too small for the {spec.torso} torso "
+                         f"(needs {need}x{need})")
+    return conv_layers(spec)[-1][0], h, w
 
 
 def param_shapes(spec: NetSpec) -> dict[str, tuple[int, ...]]:
@@ -47,12 +166,12 @@ def param_shapes(spec: NetSpec) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     width = int(np.prod(spec.obs_shape))
     if spec.kind == "cnn":
-        channels = spec.obs_shape[0]
-        for i, (out, kernel, _) in enumerate(CONV_LAYERS):
+        channels = frame_shape(spec.obs_shape, spec.layout)[0]
+        for i, (out, kernel, _) in enumerate(conv_layers(spec)):
             shapes[f"conv.{2 * i}.weight"] = (out, channels, kernel, kernel)
             shapes[f"conv.{2 * i}.bias"] = (out,)
             channels = out
-        width = int(np.prod(conv_output_shape(spec.obs_shape)))
+        width = int(np.prod(conv_output_shape(spec)))
     for i, h in enumerate(spec.hidden):
         shapes[f"torso.{2 * i}.weight"] = (h, width)
         shapes[f"torso.{2 * i}.bias"] = (h,)

@@ -1,5 +1,6 @@
-"""Torch Q-networks: an MLP for vector observations, the DQN CNN torso for stacked frames,
-and a CPU policy wrapper for processes that act with a CNN.
+"""Torch Q-networks: an MLP for vector observations, a convolutional torso (the Nature DQN
+torso or the MinAtar paper's small one, `common.netspec`) for frames, and a CPU policy
+wrapper for processes that act with a CNN.
 
 Parameter names and shapes match `common.netspec.param_shapes`, which is how processes
 without torch validate a weights message.
@@ -10,16 +11,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from qfleet.common.netspec import CONV_LAYERS, NetSpec, conv_output_shape
-
-PIXEL_SCALE = 1.0 / 255.0
+from qfleet.common.netspec import NetSpec, conv_layers, conv_output_shape, frame_shape
 
 
 class QNetwork(nn.Module):
     """[conv torso (CNN only)] -> dense ReLU layers -> Q head (or dueling value + advantage).
 
-    A CNN takes (B, k, H, W) frames as uint8 (or floats in 0..255) and scales them to [0, 1]
-    itself, so batches can travel and be stored as uint8."""
+    A CNN takes observations as the environment gives them (uint8 frames, bool grids or
+    floats; CHW or HWC as spec.layout says), casts them to float, multiplies them by
+    spec.input_scale (uint8 /255, bool and floats as they are) and moves HWC channels to the
+    front itself, so batches travel and are stored compact and in the environment's layout.
+    An MLP flattens its input and casts it to float (raw values, no scaling)."""
 
     def __init__(self, spec: NetSpec):
         super().__init__()
@@ -27,12 +29,14 @@ class QNetwork(nn.Module):
         width = int(np.prod(spec.obs_shape))
         if spec.kind == "cnn":
             layers: list[nn.Module] = []
-            channels = spec.obs_shape[0]
-            for out, kernel, stride in CONV_LAYERS:
+            channels = frame_shape(spec.obs_shape, spec.layout)[0]
+            for out, kernel, stride in conv_layers(spec):
                 layers += [nn.Conv2d(channels, out, kernel, stride), nn.ReLU()]
                 channels = out
             self.conv = nn.Sequential(*layers)
-            width = int(np.prod(conv_output_shape(spec.obs_shape)))
+            self.hwc = spec.layout == "hwc"
+            self.input_scale = float(spec.input_scale)
+            width = int(np.prod(conv_output_shape(spec)))
         elif spec.kind != "mlp":
             raise ValueError(f"unknown network kind '{spec.kind}'")
         dense: list[nn.Module] = []
@@ -49,8 +53,13 @@ class QNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if self.kind == "cnn":
-            obs = self.conv(obs.float() * PIXEL_SCALE)
-        x = self.torso(obs.flatten(1))
+            x = obs.float()
+            if self.input_scale != 1.0:
+                x = x * self.input_scale
+            if self.hwc:
+                x = x.permute(0, 3, 1, 2)  # a channels-last view, which conv2d takes as it is
+            obs = self.conv(x)
+        x = self.torso(obs.flatten(1).float())
         if not self.dueling:
             return self.head(x)
         adv = self.advantage(x)

@@ -1,8 +1,10 @@
 """The policy a process acts or evaluates with: obs -> Q-values for a network spec.
 
 MLPs run in numpy (`common.netspec.NumpyQNet`), so actors on vector observations never
-import torch; CNNs (pixel observations) run in torch on the CPU (`common.networks`),
-imported only when one is asked for: torch is an optional dependency.
+import torch; CNNs (image observations: frame stacks, MinAtar grids, any spec of kind
+'cnn') run in torch on the CPU (`common.networks`), imported only when one is asked for:
+torch is an optional dependency, and numpy has no convolutions worth running. Which kind
+a run gets is decided once, by `common.netspec.choose_net`; this only follows the spec.
 """
 from __future__ import annotations
 

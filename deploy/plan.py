@@ -17,7 +17,7 @@ from qfleet.common.config_loader import config_to_dict
 from qfleet.common.envs import EnvSpec, describe_run_env
 from qfleet.common.errors import ConfigError, MissingExtraError
 from qfleet.common.extras import available
-from qfleet.common.netspec import NetSpec
+from qfleet.common.netspec import NetSpec, choose_net
 from qfleet.replay_server.rate_limiter import RateLimiter
 from qfleet.replay_server.storage import transition_dtype
 
@@ -32,7 +32,7 @@ class RunPlan:
     env_name: str
     """run.env as given (a gymnasium id or module:Class); checkpoints record it."""
     net: NetSpec
-    """The Q-network: a CNN on stacked frames, an MLP on vectors."""
+    """The Q-network: a CNN on image observations, an MLP on anything else (learner.network)."""
     sample_batch: int
     """Transitions per sample request: learner.batch_size x learner.batches_per_request."""
     error_buffer: float
@@ -112,8 +112,14 @@ def external_endpoints(cfg: QfleetConfig) -> Optional[tuple[str, str]]:
 
 
 def _check_extras(cfg: QfleetConfig, net: NetSpec) -> None:
-    """Name a missing pip extra before any process starts (without importing it: torch alone takes seconds)."""
-    torch_for = ("a CNN Q-network (pixel observations)" if net.kind == "cnn" else
+    """Name a missing pip extra, or a backend that cannot run the network, before any
+    process starts (without importing torch: it alone takes seconds). Every CNN runs in
+    torch, on the actors (`common.policy`) and the learner (`learner.backend`)."""
+    cnn = f"a CNN Q-network ({net.describe()})"
+    if net.kind == "cnn" and cfg.learner.backend == "numpy":
+        raise ConfigError(f"learner.backend = 'numpy' runs MLPs only, and this run gets {cnn}; use "
+                          "learner.backend = 'auto' (torch for CNNs) or learner.network = 'mlp'")
+    torch_for = (cnn if net.kind == "cnn" else
                  "learner.backend = 'torch'" if cfg.learner.backend == "torch" else
                  "learner.device = 'cuda'" if cfg.learner.device == "cuda" else None)
     if torch_for and not available("torch"):
@@ -123,9 +129,17 @@ def _check_extras(cfg: QfleetConfig, net: NetSpec) -> None:
 
 
 def net_spec(cfg: QfleetConfig, env: EnvSpec) -> NetSpec:
-    if env.pixels is not None:
-        return NetSpec("cnn", env.obs_shape, env.num_actions, tuple(cfg.learner.cnn_hidden), cfg.learner.dueling)
-    return NetSpec("mlp", env.obs_shape, env.num_actions, tuple(cfg.learner.hidden), cfg.learner.dueling)
+    """The run's Q-network: `common.netspec.choose_net` on the observations the agent sees
+    (stacked pixel frames with run.obs = pixels, else the environment's own), as
+    learner.network says; ConfigError naming the shape when a CNN is forced on observations
+    that have no channel axis."""
+    learner = cfg.learner
+    try:
+        return choose_net(obs_shape=env.obs_shape, obs_dtype=env.obs_dtype, num_actions=env.num_actions,
+                          network=learner.network, hidden=tuple(learner.hidden), cnn_hidden=tuple(learner.cnn_hidden),
+                          dueling=learner.dueling)
+    except ValueError as exc:
+        raise ConfigError(f"learner.network = '{learner.network}' for {env.env_id}: {exc}") from None
 
 
 def _check_sizes(cfg: QfleetConfig, per_item: int, sample_batch: int) -> None:

@@ -33,8 +33,11 @@ def resolve_device(requested: str) -> str:
 
 
 def resolve_backend(cfg: LearnerConfig, spec: NetSpec, device: str) -> str:
+    """'numpy' or 'torch' for the learner.backend setting: the numpy update is an MLP on the
+    CPU only, so 'auto' gives every CNN (any torso) and every CUDA learner torch."""
     if cfg.backend == "numpy" and (device != "cpu" or spec.kind != "mlp"):
-        raise ConfigError("learner.backend = 'numpy' runs MLPs on the CPU only; use 'auto' or 'torch'")
+        raise ConfigError(f"learner.backend = 'numpy' runs MLPs on the CPU only, and this learner has "
+                          f"{spec.describe()} on {device}; use 'auto' or 'torch'")
     if cfg.backend != "auto":
         return cfg.backend
     return "numpy" if device == "cpu" and spec.kind == "mlp" else "torch"

@@ -52,6 +52,29 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
     return arrays, meta
 
 
+def spec_from_meta(raw: Any, path: str | Path = "the checkpoint") -> NetSpec:
+    """The NetSpec a checkpoint's metadata records (`net_spec`). Fields added to NetSpec
+    since a checkpoint was written take their defaults, which are what those checkpoints
+    were (a CNN was the Nature torso on CHW uint8 frames), so older checkpoints still load;
+    a field this qfleet does not know is a CheckpointError."""
+    try:
+        unknown = set(raw) - set(NetSpec._fields)
+        if unknown:
+            raise CheckpointError(f"{path} describes its network with fields this qfleet does not know: "
+                                  f"{', '.join(sorted(unknown))}")
+        return NetSpec(**{**raw, "obs_shape": tuple(raw["obs_shape"]), "hidden": tuple(raw["hidden"])})
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} has no usable network description ({exc!r} missing or malformed)") from None
+
+
+def spec_differences(saved: NetSpec, current: NetSpec) -> list[str]:
+    """'field: checkpoint X, this run Y' for every NetSpec field that differs."""
+    def plain(value):
+        return list(value) if isinstance(value, (tuple, list)) else value
+    return [f"{k}: checkpoint {plain(a)!r}, this run {plain(b)!r}"
+            for k, a, b in zip(NetSpec._fields, saved, current) if plain(a) != plain(b)]
+
+
 class Policy(NamedTuple):
     """The playable part of a checkpoint: the best-evaluated weights and what they play."""
 
@@ -65,20 +88,28 @@ class Policy(NamedTuple):
 def load_policy(path: str | Path) -> Policy:
     """The `policy/...` weights of a checkpoint (or run directory), checked against its net spec."""
     arrays, meta = load_checkpoint(path)
-    try:
-        raw = meta["net_spec"]
-        spec = NetSpec(**{**raw, "obs_shape": tuple(raw["obs_shape"]), "hidden": tuple(raw["hidden"])})
-        env = str(meta["env_id"])
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path} has no usable network description "
-                              f"({exc!r} missing or malformed)") from None
+    spec = spec_from_meta(meta.get("net_spec"), path)
+    env = meta.get("env_id")
+    if not isinstance(env, str):
+        raise CheckpointError(f"checkpoint {path} does not say which environment it plays (env_id)")
     params = {k[len("policy/"):]: v for k, v in arrays.items() if k.startswith("policy/")}
-    expected = param_shapes(spec)
+    try:
+        expected = param_shapes(spec)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
     got = {k: tuple(v.shape) for k, v in params.items()}
     if got != expected:
-        raise CheckpointError(f"checkpoint {path}: policy weights {got or 'missing'} do not match its network "
-                              f"{spec.kind} {spec.obs_shape} -> {spec.hidden} -> {spec.num_actions}")
+        raise CheckpointError(f"checkpoint {path}: policy weights {got or 'missing'} do not match its network, "
+                              f"{spec.describe()}")
     pixels = meta.get("pixels")
     if pixels:
         pixels = PixelConfig(**{**pixels, "crop": tuple(pixels.get("crop") or ())})
     return Policy(params, spec, env, meta, pixels or None)
+
+
+def check_env_fits(spec: NetSpec, obs_shape: tuple, path: str | Path = "the checkpoint") -> None:
+    """CheckpointError unless the environment's observations are what the network takes
+    (the same environment with other settings, e.g. another frame size or stack, is not)."""
+    if tuple(obs_shape) != tuple(spec.obs_shape):
+        raise CheckpointError(f"checkpoint {path}: its network ({spec.describe()}) takes observations of shape "
+                              f"{tuple(spec.obs_shape)}, but the environment gives {tuple(obs_shape)}")

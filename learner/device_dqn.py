@@ -94,10 +94,8 @@ class DeviceDQN(TorchDQN):
             raise ValueError("DeviceDQN runs on CUDA; on the CPU use NumpyDQN (MLP) or TorchDQN (CNN)")
         self.precision = resolve_precision(cfg.precision, spec)
         super().__init__(cfg, spec, device, seed)
-        obs_dtype = np.uint8 if spec.kind == "cnn" else np.float32
-        self._staging = Staging(batch_size=cfg.batch_size, obs_shape=spec.obs_shape, obs_dtype=obs_dtype,
-                                device=device)
-        self._batch = Batch(**self._staging.tensors)
+        self._staging: Optional[Staging] = None  # built for the first batch's observation dtype
+        self._batch: Optional[Batch] = None
         self._out = torch.zeros(cfg.batch_size + 1, device=device)  # |TD error| ..., loss
         self._out_host = [torch.empty(cfg.batch_size + 1, pin_memory=True) for _ in range(self.depth)]
         self._out_events = [torch.cuda.Event() for _ in range(self.depth)]
@@ -123,6 +121,9 @@ class DeviceDQN(TorchDQN):
     def submit(self, arrays: dict[str, np.ndarray]) -> None:
         if len(self._pending) >= self.depth:
             raise RuntimeError(f"{self.depth} updates in flight: collect() one first")
+        if self._staging is None:
+            self._staging = self._make_staging(arrays["obs"].dtype)
+            self._batch = Batch(**self._staging.tensors)
         self._staging.upload(arrays)
         if not self.cfg.cuda_graphs:
             self._body()
@@ -161,6 +162,14 @@ class DeviceDQN(TorchDQN):
             self.collect()
         super().load(state)
         self._graph = None  # the optimizer's state tensors were replaced: capture again
+
+    def _make_staging(self, obs_dtype: np.dtype) -> Staging:
+        """Static device inputs for observations of `obs_dtype`: uint8 frames and bool grids
+        as uint8 (the network casts and scales them), anything else as float32. Taken from
+        the data, not the spec, so a CNN forced onto float observations keeps its floats."""
+        staged = np.uint8 if np.dtype(obs_dtype) in (np.dtype(np.uint8), np.dtype(np.bool_)) else np.float32
+        return Staging(batch_size=self.cfg.batch_size, obs_shape=self.spec.obs_shape, obs_dtype=staged,
+                       device=self.device)
 
     # -- graph capture ---------------------------------------------------------------------
     def _body(self) -> None:

@@ -23,7 +23,7 @@ from qfleet.common.errors import CheckpointError, EvaluationError
 from qfleet.common.netspec import NetSpec
 from qfleet.common.telemetry import Telemetry
 from qfleet.learner.backend import make_update, resolve_backend
-from qfleet.learner.checkpoint import save_checkpoint
+from qfleet.learner.checkpoint import save_checkpoint, spec_differences, spec_from_meta
 from qfleet.learner.evaluation import BackgroundEvaluator, EvalResult
 from qfleet.learner.prefetch import Prefetcher
 from qfleet.learner.publisher import WeightPublisher
@@ -36,18 +36,11 @@ REPORT_EVERY_S = 0.5
 
 def check_compatible(meta: dict, spec: NetSpec, env_id: str) -> None:
     """CheckpointError naming every difference between a checkpoint and this run."""
-    saved = meta.get("net_spec") or {}
-    current = spec._asdict()
-    diffs = [f"{k}: checkpoint {_plain(saved.get(k))!r}, this run {_plain(current[k])!r}" for k in current
-             if _plain(saved.get(k)) != _plain(current[k])]
+    diffs = spec_differences(spec_from_meta(meta.get("net_spec")), spec)
     if meta.get("env_id") != env_id:
         diffs.append(f"env: checkpoint {meta.get('env_id')!r}, this run {env_id!r}")
     if diffs:
         raise CheckpointError("the checkpoint does not fit this run's network or environment: " + "; ".join(diffs))
-
-
-def _plain(value):
-    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 class Learner:

@@ -1,5 +1,6 @@
-"""The Double DQN update in torch: the CPU learner for CNNs, and the update body that the
-CUDA learner (`learner.device_dqn`) captures in a CUDA graph.
+"""The Double DQN update in torch: the CPU learner for CNNs (either torso of
+`common.netspec`), and the update body that the CUDA learner (`learner.device_dqn`)
+captures in a CUDA graph.
 
 Same interface and checkpoint keys as `learner.numpy_dqn.NumpyDQN`: `step` takes the
 sampled numpy arrays and returns (|TD error|, loss) as numpy, `state`/`load` use
@@ -27,7 +28,7 @@ from qfleet.learner.update import SyncUpdate
 class Batch(NamedTuple):
     """One training batch as tensors on the learner's device."""
 
-    obs: torch.Tensor        # (B, *obs_shape) float32, or uint8 frames
+    obs: torch.Tensor        # (B, *obs_shape) float32, or uint8 (frames, bool grids)
     action: torch.Tensor     # (B,) integer
     reward: torch.Tensor     # (B,) n-step return
     next_obs: torch.Tensor   # (B, *obs_shape)
@@ -46,10 +47,11 @@ def double_dqn_target(online: torch.nn.Module, target: torch.nn.Module, reward: 
 
 def to_batch(arrays: dict[str, np.ndarray], device: torch.device) -> Batch:
     """Tensors from sampled numpy arrays (copied: received arrays are read-only views).
-    Observations keep uint8 (frames): the network scales them itself."""
+    uint8 frames and bool grids travel as uint8 (a quarter of float32's bytes to the
+    device): the network casts and scales them itself."""
     def t(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(np.array(x, copy=True)).to(device=device, dtype=dtype, non_blocking=True)
-    obs_dtype = torch.uint8 if arrays["obs"].dtype == np.uint8 else torch.float32
+    obs_dtype = torch.uint8 if arrays["obs"].dtype in (np.uint8, np.bool_) else torch.float32
     return Batch(t(arrays["obs"], obs_dtype), t(arrays["action"], torch.int64),
                  t(arrays["reward"], torch.float32), t(arrays["next_obs"], obs_dtype),
                  t(arrays["discount"], torch.float32), t(arrays["weight"], torch.float32))

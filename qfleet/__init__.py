@@ -81,11 +81,12 @@ def evaluate(run_dir: Union[str, Path], *, episodes: int = 100, seed: int = 0) -
     and their mean, std, min and max."""
     from qfleet.common.envs import describe_env
     from qfleet.common.errors import ConfigError
-    from qfleet.learner.checkpoint import load_policy
+    from qfleet.learner.checkpoint import check_env_fits, load_policy
     from qfleet.learner.evaluation import evaluate as play, greedy_policy
 
     if episodes < 1:
         raise ConfigError(f"episodes = {episodes}: evaluate at least 1 episode")
     saved = load_policy(run_dir)
     env = describe_env(saved.env, pixels=saved.pixels)
+    check_env_fits(saved.spec, env.obs_shape, run_dir)
     return play(greedy_policy(saved.spec, saved.params), env.env_id, episodes, seed, pixels=env.pixels)

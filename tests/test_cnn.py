@@ -27,10 +27,10 @@ def test_param_shapes_match_the_torch_module(obs_shape, hidden, dueling):
 
 
 def test_classic_torso_geometry():
-    assert conv_output_shape((4, 84, 84)) == (64, 7, 7)  # 3136 features into the dense layer
+    assert conv_output_shape(NetSpec("cnn", (4, 84, 84), 2)) == (64, 7, 7)  # 3136 features into the dense layer
     assert param_shapes(NetSpec("cnn", (4, 84, 84), 2, (512,)))["torso.0.weight"] == (512, 3136)
-    with pytest.raises(ValueError, match="too small"):
-        conv_output_shape((4, 32, 32))
+    with pytest.raises(ValueError, match="32x32 are too small for the nature torso"):
+        conv_output_shape(NetSpec("cnn", (4, 32, 32), 2))
 
 
 def test_forward_shapes_and_uint8_scaling():

@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qfleet.common.envs import describe_env
-    from qfleet.learner.checkpoint import load_policy
+    from qfleet.learner.checkpoint import check_env_fits, load_policy
     from qfleet.learner.evaluation import evaluate, greedy_policy
 
     if args.episodes < 1:
@@ -63,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CheckpointError(f"checkpoint {args.checkpoint}: {exc}") from None
     env = describe_env(saved.env, pixels=saved.pixels)
+    check_env_fits(saved.spec, env.obs_shape, args.checkpoint)  # the network comes from the checkpoint's spec
     trained = saved.meta.get("policy_eval")
-    print(f"qfleet eval: {env.env_id}, weights from {args.checkpoint}"
+    print(f"qfleet eval: {env.env_id}, {saved.spec.describe()}, weights from {args.checkpoint}"
           + (f" (scored {trained['mean']:.1f} over {trained['episodes']} episodes in training, v{trained['version']})"
              if trained else " (never evaluated in training: the final weights)"), flush=True)
     result = evaluate(policy, env.env_id, args.episodes, args.seed, pixels=env.pixels)
