@@ -126,7 +126,7 @@ def choose_net(*, obs_shape: tuple, obs_dtype, num_actions: int, network: str = 
     if network not in NETWORKS:
         raise ValueError(f"unknown network '{network}' (expected one of {', '.join(NETWORKS)})")
     shape = tuple(int(s) for s in obs_shape)
-    layout = image_layout(shape, obs_dtype) if network == "auto" else channel_layout(shape) if network == "cnn" else None
+    layout = {"auto": image_layout(shape, obs_dtype), "cnn": channel_layout(shape)}.get(network)
     if network == "cnn" and layout is None:
         raise ValueError(f"a CNN needs 3-D observations with a channel axis at one end and frames of at least "
                          f"{IMAGE_MIN_SIDE}x{IMAGE_MIN_SIDE} (CHW or HWC); these are {shape} "

@@ -259,3 +259,16 @@ def test_a_real_minatar_game_gets_the_small_cnn_and_its_checkpoint_plays(tmp_pat
                     {"net_spec": spec._asdict(), "env_id": "MinAtar/Breakout-v1", "pixels": None})
     result = evaluate(tmp_path, episodes=2, seed=0)
     assert result.returns.shape == (2,) and (result.lengths > 0).all()
+
+
+def test_the_learner_benchmark_has_the_atari_and_minatar_networks_at_any_batch_size():
+    from qfleet.deploy.bench.learner import CASES, parse_cases, synthetic_batches
+
+    assert parse_cases("minatar:32,minatar:256,atari,mlp") == [
+        ("minatar_b32", "minatar", 32), ("minatar_b256", "minatar", 256), ("atari", "atari", 32), ("mlp", "mlp", 256)]
+    with pytest.raises(ConfigError, match="NAME:BATCH"):
+        parse_cases("minatar:0")
+    assert CASES["minatar"].spec().torso == "minatar" and CASES["atari"].spec().torso == "nature"
+    assert CASES["cnn"].spec() == NetSpec("cnn", (4, 84, 84), 2, (512,))  # the pixel figures stay comparable
+    batch = synthetic_batches(CASES["minatar"].spec(), 8, count=1, obs_dtype=np.bool_)[0]
+    assert batch["obs"].dtype == np.bool_ and batch["obs"].shape == (8, 10, 10, 4)

@@ -8,8 +8,8 @@ import importlib
 BENCHMARKS = {
     "replay": ("qfleet.deploy.bench.replay", "replay server ingest, sampling and memory per transition"),
     "solve": ("qfleet.deploy.bench.solve", "wall-clock seconds from launching qfleet train to solved, per seed"),
-    "learner": ("qfleet.deploy.bench.learner", "learner updates/s and samples/s (MLP and pixel CNN), isolated and in "
-                "the full system"),
+    "learner": ("qfleet.deploy.bench.learner", "learner updates/s and samples/s (MLP; pixel, Atari and MinAtar "
+                "CNNs), isolated and in the full system"),
     "pixels": ("qfleet.deploy.bench.pixels", "frames/s per actor with the stock and fast renderers, their agreement, "
                "replay bytes per transition"),
     "soak": ("qfleet.deploy.bench.soak", "a long run: memory and open files of every process must not grow"),
