@@ -115,8 +115,12 @@ def final_message(s: dict) -> str:
     ev = "no evaluation finished" if not best else (
         f"best greedy mean {best['eval_mean']:.1f} +- {best['eval_std']:.1f} over {best['eval_episodes']} "
         f"episodes (min {best['eval_min']:.0f}, max {best['eval_max']:.0f}, weights v{best['eval_version']})")
-    head = (f"solved {s['env']} in {s['solved_after_s']:.1f} s" if s["solved"]
-            else f"stopped ({s['reason']}) after {s['elapsed_s']:.1f} s")
+    if s["solved"] and s["reason"] == "solved":
+        head = f"solved {s['env']} in {s['solved_after_s']:.1f} s"
+    else:  # with run.stop_when_solved=false a solved run still ends on a budget: say both
+        head = f"stopped ({s['reason']}) after {s['elapsed_s']:.1f} s"
+        if s["solved"]:
+            head += f", having solved {s['env']} at {s['solved_after_s']:.1f} s"
     logs = "logs/" if s.get("backend") != "ray" else "component logs on their nodes under /tmp/qfleet/"
     events = "TensorBoard events, " if any(Path(s["run_dir"]).glob("events.out.tfevents.*")) else ""
     return (f"qfleet: {head}: {ev}\n"

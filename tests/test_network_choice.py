@@ -272,3 +272,33 @@ def test_the_learner_benchmark_has_the_atari_and_minatar_networks_at_any_batch_s
     assert CASES["cnn"].spec() == NetSpec("cnn", (4, 84, 84), 2, (512,))  # the pixel figures stay comparable
     batch = synthetic_batches(CASES["minatar"].spec(), 8, count=1, obs_dtype=np.bool_)[0]
     assert batch["obs"].dtype == np.bool_ and batch["obs"].shape == (8, 10, 10, 4)
+
+
+@pytest.mark.slow
+def test_a_bool_hwc_environment_trains_end_to_end_with_the_small_cnn_and_its_checkpoint_plays(qfleet_cmd, tmp_path):
+    """The whole system on MinAtar-shaped observations without minatar: actors act with the
+    torch policy, the replay server stores bool grids, the learner trains the small CNN in
+    torch, evaluates, and writes a checkpoint that `qfleet eval` plays. The run ends on its
+    first finished evaluation (600 s is only a hang guard)."""
+    import json
+    import subprocess
+
+    from tests.conftest import python_env
+
+    cmd = qfleet_cmd + ["train", "--env", "tests.test_network_choice:BoolGrid", "--actors", "1", "--envs-per-actor",
+                        "8", "--max-seconds", "600", "--run-dir", str(tmp_path), "--name", "run",
+                        "--set", "run.max_evaluations=1", "--set", "learner.batch_size=32",
+                        "--set", "replay.min_size_to_sample=200", "--set", "learner.prefetch=2",
+                        "--set", "learner.batches_per_request=1", "--set", "learner.eval_every_s=1",
+                        "--set", "learner.eval_episodes=4", "--set", "learner.publish_every=5"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=python_env(), timeout=660)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["reason"] == "evaluation budget reached" and summary["updates"] > 0, summary
+    assert summary["replay"]["obs_dtype"] == "bool" and summary["replay"]["rejected"] == 0
+    saved = load_policy(tmp_path / "run")
+    assert (saved.spec.kind, saved.spec.torso, saved.spec.layout) == ("cnn", "minatar", "hwc")
+    assert saved.params["conv.0.weight"].shape == (16, 4, 3, 3)
+    out = subprocess.run(qfleet_cmd + ["eval", str(tmp_path / "run"), "--episodes", "3"], capture_output=True,
+                         text=True, env=python_env(), timeout=120)
+    assert out.returncode == 0 and "greedy return over 3 episode(s)" in out.stdout, out.stdout + out.stderr
