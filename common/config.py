@@ -93,7 +93,8 @@ class ReplayConfig:
     priority, so sampling matches one big table (learner/shards.py). The samples-per-insert
     ratio holds globally within shards * error_buffer samples, around an offset of
     shards * samples_per_insert * min_size_to_sample (each shard enforces it on its own
-    inserts). 1 is a single replay server."""
+    inserts). 1 is a single replay server. A --resume with another count redistributes the
+    stored transitions over the new shards (replay_server/reshard.py)."""
 
 
 @dataclass(frozen=True)

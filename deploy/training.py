@@ -34,7 +34,7 @@ def run_training(cfg: QfleetConfig, *, resume: Optional[Path] = None, say: Calla
         raise ConfigError("--resume works in local mode; on the Ray backend a run starts afresh")
     if resume is not None:
         run_dir = Path(resume)
-        resume_state = check_resume(run_dir, cfg, plan)
+        resume_state = check_resume(run_dir, cfg, plan, say)
     else:
         run_dir = make_run_dir(cfg.run.run_dir, cfg.run.name, cfg.run.env)
     save_config(cfg, run_dir / "config.yaml")  # what the user set; the plan is derived again on --resume
@@ -56,7 +56,8 @@ def run_training(cfg: QfleetConfig, *, resume: Optional[Path] = None, say: Calla
     return RunResult(code, reason, summary, run_dir)
 
 
-def check_resume(run_dir: Path, cfg: QfleetConfig, plan: RunPlan) -> dict:
+def check_resume(run_dir: Path, cfg: QfleetConfig, plan: RunPlan,
+                 say: Callable[[str], None] = print) -> dict:
     """The checkpoint's run state, after checking the checkpoint and the newest replay
     snapshot fit this run (CheckpointError naming what differs)."""
     from qfleet.learner.checkpoint import load_checkpoint
@@ -64,7 +65,7 @@ def check_resume(run_dir: Path, cfg: QfleetConfig, plan: RunPlan) -> dict:
 
     _, meta = load_checkpoint(run_dir / "checkpoint.npz")
     check_compatible(meta, plan.net, plan.env.env_id)
-    check_replay_snapshots(run_dir, cfg, plan)
+    check_replay_snapshots(run_dir, cfg, plan, say)
     state = dict(meta.get("run_state") or {"env_steps": 0, "episodes": 0})
     # A learner that stopped on its update budget wrote its last checkpoint before the final
     # counts reached it (up to a status tick old); the previous session's summary has them.
@@ -78,23 +79,28 @@ def check_resume(run_dir: Path, cfg: QfleetConfig, plan: RunPlan) -> dict:
     return state
 
 
-def check_replay_snapshots(run_dir: Path, cfg: QfleetConfig, plan: RunPlan) -> None:
-    """Each shard's newest snapshot fits this run. A run resumes with the shard count its
-    snapshots were written with, or CheckpointError says which: a shard's transitions were
-    inserted under its own priorities and rate limiter, and merging or splitting tables is not
-    something a restart should do silently. (Actors are reassigned to shards by index on every
-    start, so the actor count may change.) A run without snapshots resumes with any count."""
+def check_replay_snapshots(run_dir: Path, cfg: QfleetConfig, plan: RunPlan,
+                           say: Callable[[str], None] = print) -> None:
+    """Each shard's newest snapshot fits this run (CheckpointError naming what differs).
+    Snapshots written by another shard count are then redistributed over this run's shards
+    (replay_server/reshard.py; the old files are kept) and the user is told. Actors are
+    reassigned to shards by index on every start, so the actor count may change too."""
+    from qfleet.replay_server.reshard import Ratio, reshard
     from qfleet.replay_server.snapshot import SnapshotStore, check_newest
 
     replay = run_dir / "replay"
     shard_dirs = [int(d.name.split("-", 1)[1]) for d in replay.glob("shard-*")
                   if d.name.split("-", 1)[1].isdigit() and SnapshotStore(d).paths()]
     written = max(shard_dirs) + 1 if shard_dirs else (1 if SnapshotStore(replay).paths() else 0)
+    for i in range(written or plan.shards):
+        check_newest(run_dir / shard_dir(i, written or plan.shards), plan.env.obs_shape, plan.env.obs_dtype,
+                     cfg.replay.capacity)
     if written and written != plan.shards:
-        raise CheckpointError(f"{run_dir} has replay snapshots of {written} shard(s) and this run asks for "
-                              f"replay.shards = {plan.shards}; resume with --set replay.shards={written}")
-    for i in range(plan.shards):
-        check_newest(run_dir / shard_dir(i, plan.shards), plan.env.obs_shape, plan.env.obs_dtype, cfg.replay.capacity)
+        ratio = Ratio(cfg.replay.samples_per_insert, cfg.replay.min_size_to_sample, plan.error_buffer)
+        done = reshard(replay, written, plan.shards, cfg.replay.capacity, ratio)
+        dropped = f", the oldest {done.dropped:,} did not fit and were left out" if done.dropped else ""
+        say(f"qfleet: replay snapshots of {written} shard(s) redistributed over {plan.shards}: "
+            f"{done.transitions:,} transitions{dropped}; the previous snapshots are kept in {done.kept_in}")
 
 
 def say_plan(cfg: QfleetConfig, plan: RunPlan, run_dir: Path, *, resuming: bool, say) -> None:

@@ -1,7 +1,8 @@
 """Replay shards and the weights relay in local mode: with replay.shards=2 and relay.enabled,
 every actor's transitions arrive at its own shard (actor i at shard i % 2), a SIGKILLed
 shard comes back from its own snapshot while training goes on, and the run ends on its
-update budget; a resume with another shard count is refused; replay.external is one server."""
+update budget; a resume with another shard count redistributes the replay contents over
+the new shards; replay.external is one server."""
 import json
 import os
 import signal
@@ -91,13 +92,24 @@ def test_each_actor_at_its_shard_and_a_killed_shard_comes_back(sharded_run):
 
 
 @pytest.mark.slow
-def test_resume_with_another_shard_count_is_refused(sharded_run):
-    run = sharded_run[3]
-    out = subprocess.run([sys.executable, "-m", "qfleet", "train",
-                          "--resume", str(run), "--set", "replay.shards=3"],
-                         capture_output=True, text=True, env=python_env(), timeout=120)
-    assert out.returncode != 0
-    assert "snapshots of 2 shard(s)" in out.stdout + out.stderr and "--set replay.shards=2" in out.stdout + out.stderr
+def test_resume_with_another_shard_count_redistributes_the_replay(sharded_run):
+    summary, _, _, run = sharded_run
+    out = subprocess.run([sys.executable, "-m", "qfleet", "train", "--resume", str(run), "--actors", "4",
+                          "--set", "replay.shards=3", "--set", f"run.max_updates={UPDATES + 300}"],
+                         capture_output=True, text=True, env=python_env(), timeout=HANG_GUARD_S + 60)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    held = summary["replay"]["size"]
+    assert f"replay snapshots of 2 shard(s) redistributed over 3: {held:,} transitions" in out.stdout, out.stdout
+    restored = []
+    for i in range(3):  # each new shard starts from its share of the old shards' contents
+        line = (run / "logs" / f"replay-{i}.log").read_text().split("replay restored from")[1].splitlines()[0]
+        assert f"shard-{i}" in line, line
+        restored.append(int(line.rsplit("(", 1)[1].split()[0]))
+    assert sum(restored) == held and max(restored) - min(restored) <= 1, restored
+    resumed = json.loads((run / "summary.json").read_text())
+    assert set(resumed["replay"]["shards"]) == {"0", "1", "2"} and resumed["updates"] >= UPDATES + 300
+    assert resumed["replay"]["shards"]["2"]["stored_by_actor.2"] > 0  # actor 2 now feeds shard 2
+    assert len(list((run / "replay" / "resharded-2-to-3").rglob("replay-*.npz"))) >= 2  # the old files, kept
 
 
 def test_external_replay_is_one_shard():
