@@ -57,7 +57,7 @@ class Actor:
 
     def run(self, should_stop: Callable[[], bool], max_env_steps: int = 0) -> dict:
         cfg = self.cfg
-        envs = make_vec_env(self.env_spec.env_id, cfg.envs_per_actor, pixels=self.env_spec.pixels)
+        envs = make_vec_env(self.env_spec, cfg.envs_per_actor)
         obs, _ = envs.reset(seed=self.seed * 10_007 + self.index * 101)
         done_prev = np.zeros(cfg.envs_per_actor, bool)
         ep_return = np.zeros(cfg.envs_per_actor)

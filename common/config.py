@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qfleet.common.settings import setting
+from qfleet.common.settings import Kwargs, setting
 
 EPSILON_SCHEDULES = ("apex", "linear", "exponential", "per_episode")
 
@@ -186,7 +186,12 @@ class LearnerConfig:
 @dataclass(frozen=True)
 class RunConfig:
     env: str = setting("CartPole-v1")
-    """Gymnasium environment id, or 'package.module:Class' for your own environment."""
+    """Gymnasium environment id (ALE/<Game>-v5 and MinAtar/<Game>-v1 with the atari and
+    minatar extras), or 'package.module:Class' for your own environment."""
+    env_kwargs: Kwargs = setting(Kwargs())
+    """Keyword arguments for gym.make, in every process that makes the environment, e.g.
+    {repeat_action_probability: 0.0} for ALE games (--set run.env_kwargs='{...}'); they are
+    kept in checkpoints, so qfleet eval plays the same environment."""
     obs: str = setting("vector", choices=("vector", "pixels"))
     """What the agent observes: 'vector' (the environment's own observations, MLP Q-network)
     or 'pixels' (its rendered frames, preprocessed and stacked as the pixels section says,
@@ -297,7 +302,12 @@ SECTIONS = {"actor": ActorConfig, "replay": ReplayConfig, "learner": LearnerConf
 @dataclass(frozen=True)
 class BaselineRunConfig:
     env: str = setting("CartPole-v1")
-    """Gymnasium environment id, or 'package.module:Class' for your own environment."""
+    """Gymnasium environment id (ALE/<Game>-v5 and MinAtar/<Game>-v1 with the atari and
+    minatar extras), or 'package.module:Class' for your own environment."""
+    env_kwargs: Kwargs = setting(Kwargs())
+    """Keyword arguments for gym.make, in every process that makes the environment, e.g.
+    {repeat_action_probability: 0.0} for ALE games (--set run.env_kwargs='{...}'); they are
+    kept in checkpoints, so qfleet eval plays the same environment."""
     seed: int = setting(0, ge=0)
     """Seed for environments, sampling and initialisation."""
     max_seconds: float = setting(120.0, gt=0)

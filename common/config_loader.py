@@ -19,7 +19,7 @@ import yaml
 
 from qfleet.common.config import SECTIONS, QfleetConfig
 from qfleet.common.errors import ConfigError
-from qfleet.common.settings import check_field
+from qfleet.common.settings import Kwargs, check_field
 
 
 def load_config(source: str | Path | Mapping[str, Any] | None = None, overrides: Iterable[str] = ()) -> QfleetConfig:
@@ -77,7 +77,8 @@ def config_to_dict(cfg: QfleetConfig | dict[str, Any]) -> dict[str, dict[str, An
     out = {}
     for section, part in parts.items():
         values = dataclasses.asdict(part)
-        out[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        out[section] = {k: list(v) if isinstance(v, tuple) else v.plain() if isinstance(v, Kwargs) else v
+                        for k, v in values.items()}
     return out
 
 
@@ -138,6 +139,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name} = {value!r} must be a list, e.g. [128, 128]")
         return tuple(_coerce(name, v, item_type) for v in value)
+    if hint is Kwargs:
+        return _kwargs(name, value)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -160,6 +163,27 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{name} = {value!r} must be a string")
         return str(value)
     raise ConfigError(f"{name}: unsupported field type {hint!r}")
+
+
+SCALARS = (str, int, float, bool, type(None))
+
+
+def _kwargs(name: str, value: Any) -> Kwargs:
+    """A mapping of keyword arguments: string keys, YAML scalars or lists of them as values."""
+    if value is None or value == "":
+        return Kwargs()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name} = {value!r} must be a mapping, e.g. '{{repeat_action_probability: 0.0}}'")
+    out = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"{name}: key {key!r} is not a keyword argument name")
+        if isinstance(item, (list, tuple)) and all(isinstance(x, SCALARS) for x in item):
+            item = tuple(item)
+        elif not isinstance(item, SCALARS):
+            raise ConfigError(f"{name}.{key} = {item!r} must be a number, string, boolean, null or a list of them")
+        out[key] = item
+    return Kwargs(out)
 
 
 def _suggest(name: str, options: Iterable[str]) -> str:

@@ -16,13 +16,14 @@ every process builds the same observations from it.
 from __future__ import annotations
 
 import importlib
-from typing import NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import gymnasium as gym
 import numpy as np
 
 from qfleet.common.config import PixelConfig, QfleetConfig
 from qfleet.common.errors import EnvironmentSpecError
+from qfleet.common.extras import require
 
 
 class EnvSpec(NamedTuple):
@@ -34,10 +35,34 @@ class EnvSpec(NamedTuple):
     max_episode_steps: Optional[int]
     render_fps: Optional[float] = None  # frames per second of real-time rendering, when declared
     pixels: Optional[PixelConfig] = None  # set: observations are stacked preprocessed frames
+    env_kwargs: tuple = ()    # (name, value) pairs for gym.make (run.env_kwargs), in every process
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.env_kwargs)
+
+
+# Id namespaces whose environments a package registers, and the extra that installs it.
+NAMESPACES = {"ALE": ("ale_py", "Atari games (ALE/...)"), "MinAtar": ("minatar", "MinAtar games (MinAtar/...)")}
+
+
+def register_namespace(env: str) -> None:
+    """Register the package's environments for an ALE/ or MinAtar/ id (MissingExtraError
+    with the pip command when its extra is not installed)."""
+    namespace = env.split("/", 1)[0] if "/" in env else ""
+    if namespace not in NAMESPACES or env in gym.registry:
+        return
+    module, what = NAMESPACES[namespace]
+    package = require(module, f"--env {env} ({what})")
+    if module == "ale_py":
+        gym.register_envs(package)
+    else:
+        importlib.import_module("minatar.gym").register_envs()
 
 
 def resolve_env_id(env: str) -> str:
     """The gymnasium id for `env`, registering `module:Class` paths on first use."""
+    register_namespace(env)
     if ":" not in env or env in gym.registry:
         if env not in gym.registry:
             try:
@@ -63,26 +88,31 @@ def resolve_env_id(env: str) -> str:
 
 
 def describe_run_env(cfg: QfleetConfig) -> EnvSpec:
-    """The EnvSpec of a run: its environment, observed as run.obs says."""
-    return describe_env(cfg.run.env, pixels=cfg.pixels if cfg.run.obs == "pixels" else None)
+    """The EnvSpec of a run: its environment, made with run.env_kwargs, observed as run.obs says."""
+    return describe_env(cfg.run.env, pixels=cfg.pixels if cfg.run.obs == "pixels" else None,
+                        env_kwargs=cfg.run.env_kwargs)
 
 
-def describe_env(env: str, pixels: Optional[PixelConfig] = None) -> EnvSpec:
-    """Spaces and thresholds of `env` (seen through `pixels` if given); EnvironmentSpecError
-    if qfleet cannot train on it."""
-    spec = _describe(env)
+def describe_env(env: str, pixels: Optional[PixelConfig] = None,
+                 env_kwargs: Optional[Mapping[str, Any]] = None) -> EnvSpec:
+    """Spaces and thresholds of `env` made with `env_kwargs` (seen through `pixels` if
+    given); EnvironmentSpecError if qfleet cannot train on it."""
+    spec = _describe(env, dict(env_kwargs or {}))
     if pixels is None:
         return spec
-    _check_pixels(env, pixels)
+    _check_pixels(env, pixels, spec.kwargs)
     return spec._replace(obs_shape=(pixels.frame_stack, pixels.size, pixels.size), obs_dtype=np.dtype(np.uint8),
                          pixels=pixels)
 
 
-def _describe(env: str) -> EnvSpec:
+def _describe(env: str, kwargs: dict) -> EnvSpec:
+    env_id = resolve_env_id(env)
     try:
-        probe = gym.make(resolve_env_id(env))
+        probe = gym.make(env_id, **kwargs)
     except EnvironmentSpecError:
         raise
+    except TypeError as exc:
+        raise EnvironmentSpecError(f"cannot create environment '{env}' with run.env_kwargs {kwargs}: {exc}") from None
     except Exception as exc:
         hint = " (pip install 'qfleet[box2d]')" if "box2d" in str(exc).lower() else ""
         raise EnvironmentSpecError(f"cannot create environment '{env}': {type(exc).__name__}: {exc}{hint}") from None
@@ -103,12 +133,13 @@ def _describe(env: str) -> EnvSpec:
         dtype = np.dtype(np.float32) if obs_space.dtype.kind == "f" else np.dtype(obs_space.dtype)
         fps = probe.metadata.get("render_fps")
         return EnvSpec(env, tuple(obs_space.shape), dtype, int(act_space.n),
-                       None if threshold is None else float(threshold), max_steps, None if fps is None else float(fps))
+                       None if threshold is None else float(threshold), max_steps, None if fps is None else float(fps),
+                       env_kwargs=tuple(sorted(kwargs.items())))
     finally:
         probe.close()
 
 
-def _check_pixels(env: str, pixels: PixelConfig) -> None:
+def _check_pixels(env: str, pixels: PixelConfig, kwargs: dict) -> None:
     """Refuse, before anything starts, pixel settings this environment cannot produce."""
     from qfleet.common.pixel_env import choose_renderer, default_crop
     from qfleet.common.pixels import crop_pixels
@@ -118,7 +149,7 @@ def _check_pixels(env: str, pixels: PixelConfig) -> None:
         crop_pixels(default_crop(env_id, pixels), 400, 600)  # the fast renderer draws CartPole's 600x400 screen
         return
     try:
-        probe = gym.make(env_id, render_mode="rgb_array")
+        probe = gym.make(env_id, render_mode="rgb_array", **kwargs)
     except Exception as exc:
         raise EnvironmentSpecError(f"'{env}' cannot render rgb_array frames for --obs pixels: {exc}") from None
     try:
@@ -131,28 +162,34 @@ def _check_pixels(env: str, pixels: PixelConfig) -> None:
         probe.close()
 
 
-def make_vec_env(env: str, num_envs: int, pixels: Optional[PixelConfig] = None,
-                 render_mode: Optional[str] = None) -> gym.vector.VectorEnv:
-    """`num_envs` copies of `env` (an id or module:Class) as one batch: the environment's
-    native vector implementation when it has one (CartPole does) and supports the render
-    mode, else gymnasium's synchronous wrapper. Autoreset is NEXT_STEP: the step after an
-    episode ends is a reset step whose output is not a transition. With `pixels`,
-    observations are stacked frames (`common.pixel_env`)."""
+def make_vec_env(env: str | EnvSpec, num_envs: int, pixels: Optional[PixelConfig] = None,
+                 render_mode: Optional[str] = None, env_kwargs: Optional[Mapping[str, Any]] = None
+                 ) -> gym.vector.VectorEnv:
+    """`num_envs` copies of `env` (an id or module:Class, or an EnvSpec, whose pixels and
+    env_kwargs then apply) as one batch: the environment's native vector implementation
+    when it has one (CartPole does) and supports the render mode and keyword arguments, else
+    gymnasium's synchronous wrapper. Autoreset is NEXT_STEP: the step after an episode ends
+    is a reset step whose output is not a transition. With `pixels`, observations are
+    stacked frames (`common.pixel_env`)."""
+    if isinstance(env, EnvSpec):
+        env, pixels, env_kwargs = env.env_id, env.pixels, env.kwargs
+    kwargs = dict(env_kwargs or {})
     env_id = resolve_env_id(env)
     if pixels is not None:
         from qfleet.common.pixel_env import PixelObservations, choose_renderer  # numba, Pillow: pixel runs only
 
         renderer = choose_renderer(env_id, pixels.renderer)
         frames = renderer == "stock" or render_mode is not None  # also for recording what it plays
-        base = make_vec_env(env_id, num_envs, render_mode="rgb_array" if frames else None)
+        base = make_vec_env(env_id, num_envs, render_mode="rgb_array" if frames else None, env_kwargs=kwargs)
         return PixelObservations(base, env_id=env_id, cfg=pixels, renderer=renderer)
     spec = gym.spec(env_id)  # rendering copies are synchronous: each is seeded S+i and renders itself
-    mode = "vector_entry_point" if spec.vector_entry_point is not None and not render_mode else "sync"
-    kwargs = {"render_mode": render_mode} if render_mode else {}
-    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
+    native = spec.vector_entry_point is not None and not render_mode and not kwargs
+    if render_mode:
+        kwargs["render_mode"] = render_mode
+    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point" if native else "sync",
+                       **kwargs)
     autoreset = env.metadata.get("autoreset_mode")
     if autoreset is not None and getattr(autoreset, "name", str(autoreset)) != "NEXT_STEP":
         env.close()
         raise EnvironmentSpecError(f"'{env_id}' vector env uses autoreset mode {autoreset}; qfleet expects NEXT_STEP")
     return env
-

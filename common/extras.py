@@ -16,6 +16,8 @@ EXTRA_OF = {
     "matplotlib": "plots",
     "tensorboard": "plots",
     "Box2D": "box2d",
+    "ale_py": "atari",
+    "minatar": "minatar",
 }
 
 

@@ -11,9 +11,40 @@ import dataclasses
 import inspect
 import math
 import textwrap
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 from qfleet.common.errors import ConfigError
+
+
+class Kwargs(Mapping):
+    """An immutable str -> value mapping for config fields that are passed on as keyword
+    arguments (run.env_kwargs): dataclass defaults must not be dicts, and configs stay
+    frozen. Values are YAML scalars or lists of them (kept as tuples)."""
+
+    def __init__(self, items: Mapping[str, Any] | None = None):
+        self._items = tuple(sorted((items or {}).items()))
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __repr__(self) -> str:
+        return repr(dict(self._items))
+
+    def plain(self) -> dict[str, Any]:
+        """A plain dict (tuples back to lists), for YAML and JSON."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self._items}
 
 
 def setting(default: Any, *, ge: float | None = None, gt: float | None = None,

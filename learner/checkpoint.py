@@ -83,6 +83,7 @@ class Policy(NamedTuple):
     env: str          # the --env of the run (gymnasium id or module:Class)
     meta: dict[str, Any]
     pixels: Optional[PixelConfig] = None  # set when the policy plays on stacked frames
+    env_kwargs: Optional[dict] = None     # gym.make's keyword arguments in training (run.env_kwargs)
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -104,7 +105,7 @@ def load_policy(path: str | Path) -> Policy:
     pixels = meta.get("pixels")
     if pixels:
         pixels = PixelConfig(**{**pixels, "crop": tuple(pixels.get("crop") or ())})
-    return Policy(params, spec, env, meta, pixels or None)
+    return Policy(params, spec, env, meta, pixels or None, dict(meta.get("env_kwargs") or {}))
 
 
 def check_env_fits(spec: NetSpec, obs_shape: tuple, path: str | Path = "the checkpoint") -> None:

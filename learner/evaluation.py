@@ -38,15 +38,16 @@ class EvalResult(NamedTuple):
 FrameSink = Callable[[Sequence[np.ndarray], np.ndarray], None]
 
 
-def evaluate(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int,
+def evaluate(policy: Callable[[np.ndarray], np.ndarray], env: str | EnvSpec, episodes: int, seed: int,
              max_steps: int = 100_000, version: int = -1, on_frames: Optional[FrameSink] = None,
              pixels: Optional[PixelConfig] = None) -> EvalResult:
     """Returns of the greedy policy (policy: obs -> Q-values or action scores; it takes the
     argmax) over `episodes` episodes. With `on_frames`, every copy is rendered (rgb_array)
     after the reset and after each step, and `on_frames(frames, live)` gets the frames and
     which copies they belong to an episode of (the frame of a final step included). With
-    `pixels`, the policy sees stacked preprocessed frames (`common.pixel_env`)."""
-    env = make_vec_env(env_id, episodes, pixels=pixels, render_mode="rgb_array" if on_frames else None)
+    `pixels`, the policy sees stacked preprocessed frames (`common.pixel_env`); an EnvSpec
+    for `env` brings its own pixels and env_kwargs."""
+    env = make_vec_env(env, episodes, pixels=pixels, render_mode="rgb_array" if on_frames else None)
     try:
         obs, _ = env.reset(seed=seed)
         returns = np.zeros(episodes)
@@ -89,8 +90,7 @@ def _serve(conn: Connection, spec: NetSpec, env: EnvSpec, episodes: int) -> None
             return
         params, version, seed = job
         try:
-            result = evaluate(greedy_policy(spec, params), env.env_id, episodes, seed, version=version,
-                              pixels=env.pixels)
+            result = evaluate(greedy_policy(spec, params), env, episodes, seed, version=version)
         except Exception as exc:  # the user's environment may raise anything
             result = EvaluationError(f"evaluation of version {version} failed: {type(exc).__name__}: {exc}")
         try:

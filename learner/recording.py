@@ -106,8 +106,7 @@ def record_gif(policy: Callable[[np.ndarray], np.ndarray], env: EnvSpec, path: s
     """Play `episodes` greedy episodes (seeds seed, seed+1, ...) and write them to `path`."""
     stride = frame_stride(episodes, env.max_episode_steps, max_frames)
     recorder = FrameRecorder(copies=episodes, stride=stride, width=width, max_frames=max_frames)
-    result = evaluate(policy, env.env_id, episodes, seed, max_steps=max_frames * stride, on_frames=recorder,
-                      pixels=env.pixels)
+    result = evaluate(policy, env, episodes, seed, max_steps=max_frames * stride, on_frames=recorder)
     frames = recorder.frames()
     ms = frame_ms(env.render_fps, stride)
     save_gif(frames, path, ms)

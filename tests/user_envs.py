@@ -48,3 +48,33 @@ class SteerContinuously(ReachTarget):
     def __init__(self, render_mode: str | None = None):
         super().__init__(render_mode)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+
+class Corridor(gym.Env):
+    """Walk right along a corridor of `length` cells (a constructor keyword argument, for
+    run.env_kwargs): the observation is the one-hot position, so its shape is (length,);
+    reward -0.1 per step, +1 at the far end."""
+
+    max_episode_steps = 50
+
+    def __init__(self, length: int = 6, render_mode: str | None = None):
+        self.length = int(length)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (self.length,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.render_mode = render_mode
+        self.pos = 0
+
+    def _obs(self) -> np.ndarray:
+        obs = np.zeros(self.length, np.float32)
+        obs[self.pos] = 1.0
+        return obs
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.pos = int(np.clip(self.pos + (1 if int(action) == 1 else -1), 0, self.length - 1))
+        done = self.pos == self.length - 1
+        return self._obs(), (1.0 if done else -0.1), done, False, {}

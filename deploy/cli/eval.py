@@ -62,13 +62,13 @@ def run(args: argparse.Namespace) -> int:
         policy = greedy_policy(saved.spec, saved.params)
     except ValueError as exc:
         raise CheckpointError(f"checkpoint {args.checkpoint}: {exc}") from None
-    env = describe_env(saved.env, pixels=saved.pixels)
+    env = describe_env(saved.env, pixels=saved.pixels, env_kwargs=saved.env_kwargs)
     check_env_fits(saved.spec, env.obs_shape, args.checkpoint)  # the network comes from the checkpoint's spec
     trained = saved.meta.get("policy_eval")
     print(f"qfleet eval: {env.env_id}, {saved.spec.describe()}, weights from {args.checkpoint}"
           + (f" (scored {trained['mean']:.1f} over {trained['episodes']} episodes in training, v{trained['version']})"
              if trained else " (never evaluated in training: the final weights)"), flush=True)
-    result = evaluate(policy, env.env_id, args.episodes, args.seed, pixels=env.pixels)
+    result = evaluate(policy, env, args.episodes, args.seed)
     print(f"greedy return over {args.episodes} episode(s): mean {result.mean:.2f}, std {result.std:.2f}, "
           f"min {result.min:g}, max {result.max:g} (mean length {result.lengths.mean():.1f} steps)")
     if env.reward_threshold is not None:

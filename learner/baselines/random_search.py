@@ -44,7 +44,7 @@ class RandomSearch:
     def train_step(self) -> Played:
         candidate = self._sample()
         seed = (self.seed * 1_000_003 + self.candidates * self.cfg.episodes_per_candidate) % 2**31
-        result = evaluate(linear_policy(candidate), self.env.env_id, self.cfg.episodes_per_candidate, seed)
+        result = evaluate(linear_policy(candidate), self.env, self.cfg.episodes_per_candidate, seed)
         self.candidates += 1
         if result.mean > self.best_return:
             self.best, self.best_return = candidate, result.mean

@@ -74,7 +74,7 @@ class Reinforce:
         self.adam = Adam(self.net.params, lr=cfg.lr, eps=ADAM_EPS)
         self.updates = 0
         self.loss = float("nan")
-        self._envs = make_vec_env(env.env_id, cfg.episodes_per_update)
+        self._envs = make_vec_env(env, cfg.episodes_per_update)
         self._max_steps = env.max_episode_steps or MAX_EPISODE_STEPS
 
     def _play(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -85,7 +85,7 @@ class BaselineRun:
 
     def _evaluate(self) -> None:
         seed = self.cfg.seed + 1 + 10_007 * len(self.evals)  # fresh start states each time, as in DQN
-        r = evaluate(self.learner.greedy(), self.env.env_id, self.cfg.eval_episodes, seed)
+        r = evaluate(self.learner.greedy(), self.env, self.cfg.eval_episodes, seed)
         solved = self.threshold is not None and r.mean >= self.threshold
         if solved and self.solved_after_s is None:
             self.solved_after_s = self.elapsed
