@@ -4,7 +4,8 @@
 
 The episodes are played side by side by `learner.evaluation.evaluate` (rgb_array rendering)
 and shown one after another. To keep the file small, frames are downscaled to `width`
-pixels as they arrive and put on the first frame's palette, and only every k-th frame is
+pixels as they arrive (frames under half of it, such as MinAtar's 10x10 grids, are scaled
+up by a whole factor instead, each cell a block) and put on the first frame's palette, and only every k-th frame is
 kept, with k chosen from the environment's step limit so that at most `max_frames` are
 stored. The GIF plays in real time: render_fps / k frames per second.
 """
@@ -78,9 +79,15 @@ class FrameRecorder:
         if frame is None or np.ndim(frame) != 3:
             raise EnvironmentSpecError("the environment returned no rgb_array frame from render(); "
                                        "it needs render_mode='rgb_array' support to be recorded")
+        frame = np.asarray(frame)
+        if frame.dtype.kind == "f":  # some environments (MinAtar) render colours in [0, 1]
+            frame = np.clip(frame * 255.0 if frame.max(initial=0.0) <= 1.0 else frame, 0, 255).round()
         img = Image.fromarray(np.asarray(frame, np.uint8))
         if img.width > self.width:
             img = img.resize((self.width, max(1, round(img.height * self.width / img.width))), Image.BILINEAR)
+        elif img.width * 2 <= self.width:  # tiny game grids: whole cells, crisp (nearest neighbour)
+            k = self.width // img.width
+            img = img.resize((img.width * k, img.height * k), Image.NEAREST)
         if self._palette is None:
             self._palette = img.quantize(colors=256, dither=Image.Dither.NONE)
             return self._palette

@@ -98,3 +98,27 @@ def test_a_run_with_env_kwargs_trains_and_its_checkpoint_plays_the_same_env(qfle
     played = subprocess.run(qfleet_cmd + ["eval", str(tmp_path / "run"), "--episodes", "2"], capture_output=True,
                             text=True, env=python_env(), timeout=120)
     assert played.returncode == 0 and "greedy return over 2 episode(s)" in played.stdout, played.stdout + played.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not available("minatar"), reason="the minatar extra is not installed")
+def test_a_minatar_run_trains_evaluates_and_its_checkpoint_plays(qfleet_cmd, tmp_path):
+    """MinAtar itself (tests/test_network_choice.py has the same path on a stand-in bool grid
+    where minatar is not installed): the small CNN trains, the run ends on its first finished
+    evaluation, and qfleet eval plays the checkpoint and records a GIF of the game's frames."""
+    out = subprocess.run(qfleet_cmd + ["train", "--env", "MinAtar/Breakout-v1", "--actors", "1", "--max-seconds", "600",
+                                       "--set", "run.max_evaluations=1", "--set", "learner.eval_every_s=1",
+                                       "--set", "learner.eval_episodes=4", "--set", "replay.min_size_to_sample=500",
+                                       "--run-dir", str(tmp_path), "--name", "run"],
+                         capture_output=True, text=True, env=python_env(), timeout=660)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["reason"] == "evaluation budget reached" and summary["updates"] > 0, summary
+    saved = load_policy(tmp_path / "run")
+    assert (saved.spec.kind, saved.spec.torso) == ("cnn", "minatar")
+    gif = tmp_path / "b.gif"
+    played = subprocess.run(qfleet_cmd + ["eval", str(tmp_path / "run"), "--episodes", "2", "--gif", str(gif),
+                                          "--gif-episodes", "1"], capture_output=True, text=True, env=python_env(),
+                            timeout=300)
+    assert played.returncode == 0 and "greedy return over 2 episode(s)" in played.stdout, played.stdout + played.stderr
+    assert "of 320x320" in played.stdout

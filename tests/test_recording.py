@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from qfleet.common.envs import describe_env
-from qfleet.learner.recording import frame_ms, frame_stride, record_gif
+from qfleet.learner.recording import FrameRecorder, frame_ms, frame_stride, record_gif
 
 
 def gif_frames(path) -> tuple[int, int, tuple]:
@@ -65,3 +65,17 @@ def test_frame_time_is_real_time_in_gif_units(fps, stride, ms):
 
 def test_stride_fits_full_episodes_into_the_frame_cap():
     assert frame_stride(3, 500, 600) == 3 and frame_stride(1, 200, 600) == 1 and frame_stride(5, None, 10) == 1
+
+
+def test_tiny_float_frames_are_scaled_to_colours_and_whole_cells():
+    """MinAtar renders 10x10 float frames in [0, 1]: the GIF shows them as 255-scale colours,
+    each cell a 32x32 block at width 320 (not a black 10x10 stamp)."""
+    frame = np.zeros((10, 10, 3))
+    frame[2, 3] = (1.0, 0.5, 0.0)
+    recorder = FrameRecorder(copies=1, stride=1, width=320, max_frames=10)
+    recorder([frame], np.array([True]))
+    [img] = recorder.frames()
+    assert img.size == (320, 320)
+    rgb = np.asarray(img.convert("RGB"))
+    assert tuple(rgb[2 * 32 + 5, 3 * 32 + 5]) == (255, 128, 0) and tuple(rgb[0, 0]) == (0, 0, 0)
+    assert (rgb[2 * 32:3 * 32, 3 * 32:4 * 32] == (255, 128, 0)).all()
