@@ -13,6 +13,7 @@ import zmq
 
 from qfleet.actors.exploration import EpsilonSchedule
 from qfleet.actors.nstep import NStepAdder
+from qfleet.actors.training_signal import TrainingSignal
 from qfleet.actors.weights import WeightSubscriber
 from qfleet.common import messages as m
 from qfleet.common.config import ActorConfig
@@ -58,6 +59,7 @@ class Actor:
     def run(self, should_stop: Callable[[], bool], max_env_steps: int = 0) -> dict:
         cfg = self.cfg
         envs = make_vec_env(self.env_spec, cfg.envs_per_actor)
+        signal = TrainingSignal.for_env(self.env_spec, cfg.envs_per_actor)  # clipped rewards etc. (Atari)
         obs, _ = envs.reset(seed=self.seed * 10_007 + self.index * 101)
         done_prev = np.zeros(cfg.envs_per_actor, bool)
         ep_return = np.zeros(cfg.envs_per_actor)
@@ -68,9 +70,10 @@ class Actor:
             while not should_stop() and not (max_env_steps and self.env_steps >= max_env_steps):
                 self._apply_weights()
                 actions = self._act(obs)
-                next_obs, reward, terminated, truncated, _ = envs.step(actions)
+                next_obs, reward, terminated, truncated, info = envs.step(actions)
                 valid = ~done_prev  # NEXT_STEP autoreset: the step after an episode end only resets
-                out = self.adder.add(obs, actions, reward, next_obs, terminated, truncated, valid)
+                learn_reward, learn_terminal = signal(reward, terminated, valid, info)
+                out = self.adder.add(obs, actions, learn_reward, next_obs, learn_terminal, truncated, valid)
                 if len(out["action"]):
                     self._pending.append(out)
                 ep_return += reward * valid

@@ -192,6 +192,11 @@ class RunConfig:
     """Keyword arguments for gym.make, in every process that makes the environment, e.g.
     {repeat_action_probability: 0.0} for ALE games (--set run.env_kwargs='{...}'); they are
     kept in checkpoints, so qfleet eval plays the same environment."""
+    preset: str = setting("auto", choices=("auto", "none"))
+    """'auto': ALE/<Game>-v5 ids get the Atari preset (common/atari.py: no-op starts, frame
+    skip 4 with max-pooling, grey 84x84 stacks of 4, sticky actions, 108k-frame cap, reward
+    clipping and life loss as terminal for learning only, raw scores reported), played by
+    ale-py's native vector env; 'none': the environment as gym.make gives it."""
     obs: str = setting("vector", choices=("vector", "pixels"))
     """What the agent observes: 'vector' (the environment's own observations, MLP Q-network)
     or 'pixels' (its rendered frames, preprocessed and stacked as the pixels section says,

@@ -21,6 +21,7 @@ from typing import Any, Mapping, NamedTuple, Optional
 import gymnasium as gym
 import numpy as np
 
+from qfleet.common import atari
 from qfleet.common.config import PixelConfig, QfleetConfig
 from qfleet.common.errors import EnvironmentSpecError
 from qfleet.common.extras import require
@@ -36,6 +37,7 @@ class EnvSpec(NamedTuple):
     render_fps: Optional[float] = None  # frames per second of real-time rendering, when declared
     pixels: Optional[PixelConfig] = None  # set: observations are stacked preprocessed frames
     env_kwargs: tuple = ()    # (name, value) pairs for gym.make (run.env_kwargs), in every process
+    preset: Optional[str] = None  # "atari": made by common.atari (run.preset)
 
     @property
     def kwargs(self) -> dict:
@@ -90,19 +92,40 @@ def resolve_env_id(env: str) -> str:
 def describe_run_env(cfg: QfleetConfig) -> EnvSpec:
     """The EnvSpec of a run: its environment, made with run.env_kwargs, observed as run.obs says."""
     return describe_env(cfg.run.env, pixels=cfg.pixels if cfg.run.obs == "pixels" else None,
-                        env_kwargs=cfg.run.env_kwargs)
+                        env_kwargs=cfg.run.env_kwargs, preset=cfg.run.preset)
 
 
 def describe_env(env: str, pixels: Optional[PixelConfig] = None,
-                 env_kwargs: Optional[Mapping[str, Any]] = None) -> EnvSpec:
+                 env_kwargs: Optional[Mapping[str, Any]] = None, preset: Optional[str] = "auto") -> EnvSpec:
     """Spaces and thresholds of `env` made with `env_kwargs` (seen through `pixels` if
-    given); EnvironmentSpecError if qfleet cannot train on it."""
+    given, or through the Atari preset for ALE ids when `preset` is 'auto' or 'atari');
+    EnvironmentSpecError if qfleet cannot train on it."""
+    if preset in ("auto", "atari") and pixels is None and atari.is_atari(env):
+        return _describe_atari(env, dict(env_kwargs or {}))
     spec = _describe(env, dict(env_kwargs or {}))
     if pixels is None:
         return spec
     _check_pixels(env, pixels, spec.kwargs)
     return spec._replace(obs_shape=(pixels.frame_stack, pixels.size, pixels.size), obs_dtype=np.dtype(np.uint8),
                          pixels=pixels)
+
+
+def _describe_atari(env: str, kwargs: dict) -> EnvSpec:
+    register_namespace(env)  # names the atari extra when ale-py is missing
+    try:
+        probe = atari.make_atari_vec(env, 1, kwargs)
+    except ValueError as exc:
+        raise EnvironmentSpecError(f"--env {env}: {exc}") from None
+    except Exception as exc:  # an unknown game, a bad value for a preset setting
+        raise EnvironmentSpecError(f"cannot create environment '{env}' with the Atari preset: "
+                                   f"{type(exc).__name__}: {exc}") from None
+    try:
+        actions = int(probe.single_action_space.n)
+    finally:
+        probe.close()
+    frameskip = atari.preset_kwargs(kwargs)["frameskip"]
+    return EnvSpec(env, atari.obs_shape(kwargs), np.dtype(np.uint8), actions, None, None, 60.0 / frameskip,
+                   env_kwargs=tuple(sorted(kwargs.items())), preset="atari")
 
 
 def _describe(env: str, kwargs: dict) -> EnvSpec:
@@ -171,6 +194,12 @@ def make_vec_env(env: str | EnvSpec, num_envs: int, pixels: Optional[PixelConfig
     gymnasium's synchronous wrapper. Autoreset is NEXT_STEP: the step after an episode ends
     is a reset step whose output is not a transition. With `pixels`, observations are
     stacked frames (`common.pixel_env`)."""
+    if isinstance(env, EnvSpec) and env.preset == "atari":
+        if render_mode is not None:
+            raise EnvironmentSpecError(f"recording {env.env_id} played through the Atari preset is not built yet "
+                                       "(its native vector env renders no frames)")
+        register_namespace(env.env_id)
+        return atari.make_atari_vec(env.env_id, num_envs, env.kwargs)
     if isinstance(env, EnvSpec):
         env, pixels, env_kwargs = env.env_id, env.pixels, env.kwargs
     kwargs = dict(env_kwargs or {})

@@ -106,8 +106,14 @@ def check_replay_snapshots(run_dir: Path, cfg: QfleetConfig, plan: RunPlan,
 def say_plan(cfg: QfleetConfig, plan: RunPlan, run_dir: Path, *, resuming: bool, say) -> None:
     env = plan.env
     shards = f"; {plan.shards} replay shards" if plan.shards > 1 else ""
+    solved = ("no solved threshold (it runs until a budget)" if plan.solved_threshold is None
+              else f"solved at greedy mean >= {plan.solved_threshold}")
     say(f"qfleet: {'resuming' if resuming else 'training'} {env.env_id} with {plan.actors} actor(s) x "
-        f"{cfg.actor.envs_per_actor} envs{shards}; solved at greedy mean >= {plan.solved_threshold}; run directory {run_dir}")
+        f"{cfg.actor.envs_per_actor} envs{shards}; {solved}; run directory {run_dir}")
+    if env.preset == "atari":
+        say(f"qfleet: Atari preset (common/atari.py): stacks of {env.obs_shape[0]} {env.obs_shape[1]}x"
+            f"{env.obs_shape[2]} grey frames; replay stores {plan.transition_bytes:,} bytes per transition, "
+            f"{plan.transition_bytes * cfg.replay.capacity / 2**20:,.0f} MiB at capacity {cfg.replay.capacity:,}")
     if env.pixels is not None:
         per_item = plan.transition_bytes
         say(f"qfleet: observing pixels: stacks of {env.pixels.frame_stack} {env.pixels.size}x{env.pixels.size} "

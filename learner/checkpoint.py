@@ -84,6 +84,7 @@ class Policy(NamedTuple):
     meta: dict[str, Any]
     pixels: Optional[PixelConfig] = None  # set when the policy plays on stacked frames
     env_kwargs: Optional[dict] = None     # gym.make's keyword arguments in training (run.env_kwargs)
+    env_preset: Optional[str] = None      # "atari" when it played through the Atari preset
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -105,7 +106,8 @@ def load_policy(path: str | Path) -> Policy:
     pixels = meta.get("pixels")
     if pixels:
         pixels = PixelConfig(**{**pixels, "crop": tuple(pixels.get("crop") or ())})
-    return Policy(params, spec, env, meta, pixels or None, dict(meta.get("env_kwargs") or {}))
+    return Policy(params, spec, env, meta, pixels or None, dict(meta.get("env_kwargs") or {}),
+                  meta.get("env_preset") or "none")
 
 
 def check_env_fits(spec: NetSpec, obs_shape: tuple, path: str | Path = "the checkpoint") -> None:

@@ -54,7 +54,7 @@ class Learner:
         `extra_shards` are the clients of shards 1..S-1, in shard order (see learner.shards)."""
         self.cfg, self.spec, self.env_id = cfg, spec, env.env_id
         self.pixels = env.pixels  # how the policy sees the environment, kept in checkpoints
-        self.env_kwargs = env.kwargs  # and how it is made
+        self.env_kwargs, self.env_preset = env.kwargs, env.preset  # and how it is made
         self.solved_threshold = solved_threshold
         self.device = device
         self.update = make_update(cfg, spec, device, seed)
@@ -198,7 +198,7 @@ class Learner:
             "episodes": len(self.best.returns), "version": self.best.version}
         meta = {**self.meta, **self.summary(), "net_spec": self.spec._asdict(), "env_id": self.env_id,
                 "pixels": None if self.pixels is None else dataclasses.asdict(self.pixels),
-                "env_kwargs": self.env_kwargs,
+                "env_kwargs": self.env_kwargs, "env_preset": self.env_preset,
                 "policy_eval": best, "evaluations": self.evaluator.evaluations, "run_state": self.run_state(),
                 "saved_at": time.time()}
         path = save_checkpoint(self.checkpoint_path, arrays, meta)

@@ -4,7 +4,7 @@
 
 The episodes are played side by side by `learner.evaluation.evaluate` (rgb_array rendering)
 and shown one after another. To keep the file small, frames are downscaled to `width`
-pixels as they arrive (frames under half of it, such as MinAtar's 10x10 grids, are scaled
+pixels as they arrive (frames under an eighth of it, such as MinAtar's 10x10 grids, are scaled
 up by a whole factor instead, each cell a block) and put on the first frame's palette, and only every k-th frame is
 kept, with k chosen from the environment's step limit so that at most `max_frames` are
 stored. The GIF plays in real time: render_fps / k frames per second.
@@ -85,7 +85,7 @@ class FrameRecorder:
         img = Image.fromarray(np.asarray(frame, np.uint8))
         if img.width > self.width:
             img = img.resize((self.width, max(1, round(img.height * self.width / img.width))), Image.BILINEAR)
-        elif img.width * 2 <= self.width:  # tiny game grids: whole cells, crisp (nearest neighbour)
+        elif img.width * 8 <= self.width:  # tiny game grids: whole cells, crisp (nearest neighbour)
             k = self.width // img.width
             img = img.resize((img.width * k, img.height * k), Image.NEAREST)
         if self._palette is None:

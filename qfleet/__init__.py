@@ -87,6 +87,6 @@ def evaluate(run_dir: Union[str, Path], *, episodes: int = 100, seed: int = 0) -
     if episodes < 1:
         raise ConfigError(f"episodes = {episodes}: evaluate at least 1 episode")
     saved = load_policy(run_dir)
-    env = describe_env(saved.env, pixels=saved.pixels, env_kwargs=saved.env_kwargs)
+    env = describe_env(saved.env, pixels=saved.pixels, env_kwargs=saved.env_kwargs, preset=saved.env_preset)
     check_env_fits(saved.spec, env.obs_shape, run_dir)
     return play(greedy_policy(saved.spec, saved.params), env, episodes, seed)

@@ -68,7 +68,8 @@ def test_the_cli_says_the_missing_extra_in_one_line(qfleet_cmd, tmp_path):
 
 @pytest.mark.skipif(not available("ale_py"), reason="the atari extra is not installed")
 def test_ale_ids_resolve_with_their_kwargs():
-    spec = describe_env("ALE/Pong-v5", env_kwargs={"repeat_action_probability": 0.0})
+    """With run.preset none, gymnasium's own ALE env (the preset is tests/test_atari.py)."""
+    spec = describe_env("ALE/Pong-v5", env_kwargs={"repeat_action_probability": 0.0}, preset="none")
     assert spec.obs_shape == (210, 160, 3) and spec.obs_dtype == np.uint8 and spec.num_actions == 6
     assert spec.kwargs == {"repeat_action_probability": 0.0}
 

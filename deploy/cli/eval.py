@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         policy = greedy_policy(saved.spec, saved.params)
     except ValueError as exc:
         raise CheckpointError(f"checkpoint {args.checkpoint}: {exc}") from None
-    env = describe_env(saved.env, pixels=saved.pixels, env_kwargs=saved.env_kwargs)
+    env = describe_env(saved.env, pixels=saved.pixels, env_kwargs=saved.env_kwargs, preset=saved.env_preset)
     check_env_fits(saved.spec, env.obs_shape, args.checkpoint)  # the network comes from the checkpoint's spec
     trained = saved.meta.get("policy_eval")
     print(f"qfleet eval: {env.env_id}, {saved.spec.describe()}, weights from {args.checkpoint}"

@@ -82,7 +82,7 @@ def after_run(run_dir: Path, args: argparse.Namespace, seed: int) -> None:
 
         try:
             saved = load_policy(run_dir)
-            env = describe_env(saved.env, pixels=saved.pixels, env_kwargs=saved.env_kwargs)
+            env = describe_env(saved.env, pixels=saved.pixels, env_kwargs=saved.env_kwargs, preset=saved.env_preset)
             print("qfleet: " + write_gif(greedy_policy(saved.spec, saved.params), env, run_dir / "agent.gif", args,
                                          seed), flush=True)
         except QfleetError as exc:
