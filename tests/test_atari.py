@@ -102,3 +102,16 @@ def test_evaluation_scores_are_the_games_raw_rewards():
     finally:
         ref.close()
     assert result.mean == raw and raw > clipped > 0
+
+
+@pytest.mark.parametrize("name", ["atari.yaml", "minatar.yaml", "cartpole-pixels.yaml"])
+def test_the_committed_configs_load(name):
+    """Every field of the shipped configs exists and is in range; where the game's extra is
+    installed, its environment is the one the config is written for."""
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "deploy" / "configs" / name)
+    module = {"ALE": "ale_py", "MinAtar": "minatar"}.get(cfg.run.env.split("/")[0])
+    if module and available(module):
+        spec = describe_env(cfg.run.env, env_kwargs=cfg.run.env_kwargs, preset=cfg.run.preset)
+        assert spec.obs_dtype in (np.uint8, np.bool_) and len(spec.obs_shape) == 3
