@@ -112,6 +112,9 @@ def describe_env(env: str, pixels: Optional[PixelConfig] = None,
 
 def _describe_atari(env: str, kwargs: dict) -> EnvSpec:
     register_namespace(env)  # names the atari extra when ale-py is missing
+    if env not in gym.registry:
+        raise EnvironmentSpecError(f"unknown environment '{env}': ale-py has no such game "
+                                   "(ids are ALE/<Game>-v5, e.g. ALE/Pong-v5, ALE/SpaceInvaders-v5)")
     try:
         probe = atari.make_atari_vec(env, 1, kwargs)
     except ValueError as exc:

@@ -71,6 +71,8 @@ def test_ale_ids_get_the_preset_and_the_nature_cnn():
                                         "replay.min_size_to_sample=500"]))
     assert (plan.net.kind, plan.net.torso, plan.net.obs_shape) == ("cnn", "nature", (4, 84, 84))
     assert describe_env("ALE/Pong-v5", preset="none").obs_shape == (210, 160, 3)  # gymnasium's env, as it is
+    with pytest.raises(EnvironmentSpecError, match="unknown environment 'ALE/NoSuchGame-v5'"):
+        describe_env("ALE/NoSuchGame-v5")
     with pytest.raises(EnvironmentSpecError, match="not settings of the Atari preset"):
         describe_env("ALE/Pong-v5", env_kwargs={"obs_type": "rgb"})
     envs = make_vec_env(spec, 2)
