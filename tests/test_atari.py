@@ -117,3 +117,35 @@ def test_the_committed_configs_load(name):
     if module and available(module):
         spec = describe_env(cfg.run.env, env_kwargs=cfg.run.env_kwargs, preset=cfg.run.preset)
         assert spec.obs_dtype in (np.uint8, np.bool_) and len(spec.obs_shape) == 3
+
+
+@needs_ale
+@pytest.mark.slow
+def test_a_pong_run_through_the_preset_trains_and_its_checkpoint_plays(qfleet_cmd, tmp_path):
+    """The whole system on ALE/Pong-v5 with the preset: the actor's native vector env, the
+    Nature CNN on (4, 84, 84) uint8 stacks, a checkpoint that records the preset, qfleet
+    eval playing it, and --gif refused before any episode (not built for the preset)."""
+    import json
+    import subprocess
+
+    from qfleet.learner.checkpoint import load_policy
+    from tests.conftest import python_env
+
+    out = subprocess.run(qfleet_cmd + ["train", "--env", "ALE/Pong-v5", "--actors", "1", "--envs-per-actor", "8",
+                                       "--max-seconds", "600", "--set", "run.max_updates=20",
+                                       "--set", "run.stop_when_solved=false", "--set", "learner.batch_size=32",
+                                       "--set", "replay.min_size_to_sample=200", "--set", "replay.capacity=2000",
+                                       "--run-dir", str(tmp_path), "--name", "run"],
+                         capture_output=True, text=True, env=python_env(), timeout=660)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Atari preset (common/atari.py): stacks of 4 84x84 grey frames" in out.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["reason"] == "update budget reached" and summary["replay"]["rejected"] == 0, summary
+    saved = load_policy(tmp_path / "run")
+    assert (saved.spec.torso, saved.spec.obs_shape, saved.env_preset) == ("nature", (4, 84, 84), "atari")
+    played = subprocess.run(qfleet_cmd + ["eval", str(tmp_path / "run"), "--episodes", "1"], capture_output=True,
+                            text=True, env=python_env(), timeout=300)
+    assert played.returncode == 0 and "greedy return over 1 episode(s)" in played.stdout, played.stdout + played.stderr
+    gif = subprocess.run(qfleet_cmd + ["eval", str(tmp_path / "run"), "--gif", str(tmp_path / "p.gif")],
+                         capture_output=True, text=True, env=python_env(), timeout=120)
+    assert gif.returncode == 2 and "not built yet" in gif.stderr and "greedy return" not in gif.stdout
