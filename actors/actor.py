@@ -59,7 +59,7 @@ class Actor:
     def run(self, should_stop: Callable[[], bool], max_env_steps: int = 0) -> dict:
         cfg = self.cfg
         envs = make_vec_env(self.env_spec, cfg.envs_per_actor)
-        signal = TrainingSignal.for_env(self.env_spec, cfg.envs_per_actor)  # clipped rewards etc. (Atari)
+        signal = TrainingSignal.for_env(self.env_spec)  # clipped rewards, life loss (Atari preset)
         obs, _ = envs.reset(seed=self.seed * 10_007 + self.index * 101)
         done_prev = np.zeros(cfg.envs_per_actor, bool)
         ep_return = np.zeros(cfg.envs_per_actor)

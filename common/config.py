@@ -310,9 +310,7 @@ class BaselineRunConfig:
     """Gymnasium environment id (ALE/<Game>-v5 and MinAtar/<Game>-v1 with the atari and
     minatar extras), or 'package.module:Class' for your own environment."""
     env_kwargs: Kwargs = setting(Kwargs())
-    """Keyword arguments for gym.make, in every process that makes the environment, e.g.
-    {repeat_action_probability: 0.0} for ALE games (--set run.env_kwargs='{...}'); they are
-    kept in checkpoints, so qfleet eval plays the same environment."""
+    """Keyword arguments for gym.make (--set baseline.env_kwargs='{...}'), as run.env_kwargs."""
     seed: int = setting(0, ge=0)
     """Seed for environments, sampling and initialisation."""
     max_seconds: float = setting(120.0, gt=0)

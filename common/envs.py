@@ -119,7 +119,7 @@ def _describe_atari(env: str, kwargs: dict) -> EnvSpec:
         probe = atari.make_atari_vec(env, 1, kwargs)
     except ValueError as exc:
         raise EnvironmentSpecError(f"--env {env}: {exc}") from None
-    except Exception as exc:  # an unknown game, a bad value for a preset setting
+    except Exception as exc:  # a bad value for a preset setting
         raise EnvironmentSpecError(f"cannot create environment '{env}' with the Atari preset: "
                                    f"{type(exc).__name__}: {exc}") from None
     try:
@@ -201,7 +201,7 @@ def make_vec_env(env: str | EnvSpec, num_envs: int, pixels: Optional[PixelConfig
         if render_mode is not None:
             raise EnvironmentSpecError(f"recording {env.env_id} played through the Atari preset is not built yet "
                                        "(its native vector env renders no frames)")
-        register_namespace(env.env_id)
+        register_namespace(env.env_id)  # a missing ale-py is named with its pip command in every process
         return atari.make_atari_vec(env.env_id, num_envs, env.kwargs)
     if isinstance(env, EnvSpec):
         env, pixels, env_kwargs = env.env_id, env.pixels, env.kwargs

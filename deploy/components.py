@@ -97,8 +97,10 @@ def part_name(role: str, index: int, shards: int) -> str:
 
 
 def shard_dir(index: int, shards: int) -> str:
-    """A shard's snapshot folder in the run directory: replay/ for one, replay/shard-<i>/ for several."""
-    return "replay" if shards == 1 else os.path.join("replay", f"shard-{index}")
+    """A shard's snapshot folder in the run directory (the layout is replay_server.snapshot's)."""
+    from qfleet.replay_server.snapshot import shard_dirs
+
+    return str(shard_dirs(Path("replay"), shards)[index])
 
 
 class Control:

@@ -29,7 +29,7 @@ import numpy as np
 
 from qfleet.common.errors import CheckpointError
 from qfleet.common.files import HEADER_KEY, write_npz_atomic
-from qfleet.replay_server.snapshot import PATTERN, SnapshotStore
+from qfleet.replay_server.snapshot import PATTERN, SnapshotStore, shard_dirs
 
 log = logging.getLogger("qfleet.replay")
 SERVER_COUNTERS = ("counts", "rejected", "stored_by_actor", "seq_gaps")  # summed into new shard 0
@@ -48,11 +48,6 @@ class Resharded:
     transitions: int   # kept in the new shards
     dropped: int       # the oldest, beyond the new shards' capacity
     kept_in: Path      # where the old snapshot files now are
-
-
-def shard_dirs(replay: Path, shards: int) -> list[Path]:
-    """Each shard's snapshot folder: replay/ for one shard, replay/shard-<i>/ for several."""
-    return [replay] if shards == 1 else [replay / f"shard-{i}" for i in range(shards)]
 
 
 def reshard(replay: Path, old: int, new: int, capacity: int, ratio: Ratio) -> Resharded:

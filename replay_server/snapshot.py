@@ -22,6 +22,12 @@ log = logging.getLogger("qfleet.replay")
 PATTERN = "replay-*.npz"
 
 
+def shard_dirs(replay: Path, shards: int) -> list[Path]:
+    """Each shard's snapshot folder under a run's replay folder: replay/ itself for one
+    shard, replay/shard-<i>/ for several."""
+    return [replay] if shards == 1 else [replay / f"shard-{i}" for i in range(shards)]
+
+
 class SnapshotStore:
     def __init__(self, directory: str | Path, keep: int = 2):
         self.directory = Path(directory)

@@ -19,7 +19,7 @@ needs_ale = pytest.mark.skipif(not available("ale_py"), reason="the atari extra 
 
 
 def test_the_signal_clips_rewards_and_ends_returns_at_a_lost_life():
-    signal = TrainingSignal(3, clip_rewards=True, life_loss_terminal=True)
+    signal = TrainingSignal(clip_rewards=True, life_loss_terminal=True)
     valid, no = np.ones(3, bool), np.zeros(3, bool)
     reward, term = signal(np.array([7.0, -3.0, 0.0]), no, valid, {"lives": np.array([3, 3, 3])})
     assert reward.tolist() == [1.0, -1.0, 0.0] and not term.any()
@@ -33,7 +33,7 @@ def test_the_signal_clips_rewards_and_ends_returns_at_a_lost_life():
 
 def test_plain_environments_learn_from_their_own_rewards():
     spec = EnvSpec("CartPole-v1", (4,), np.dtype(np.float32), 2, 475.0, 500)
-    signal = TrainingSignal.for_env(spec, 2)
+    signal = TrainingSignal.for_env(spec)
     reward, term = signal(np.array([5.0, 0.5]), np.array([False, True]), np.ones(2, bool), {"lives": np.array([1, 0])})
     assert reward.tolist() == [5.0, 0.5] and term.tolist() == [False, True]
 
@@ -42,7 +42,7 @@ def test_a_lost_life_gives_no_bootstrap_and_the_episode_goes_on():
     """Through the n-step adder: the step that lost the life has discount 0, the next
     step starts a new n-step window from the same episode (no reset step in between)."""
     adder = NStepAdder(num_envs=1, n=3, gamma=0.9, obs_shape=(1,))
-    signal = TrainingSignal(1, clip_rewards=True, life_loss_terminal=True)
+    signal = TrainingSignal(clip_rewards=True, life_loss_terminal=True)
     out = []
     for t, lives in enumerate([3, 3, 2, 2, 2, 2]):
         obs, nxt = np.array([[t]], np.float32), np.array([[t + 1]], np.float32)

@@ -123,3 +123,17 @@ def test_a_minatar_run_trains_evaluates_and_its_checkpoint_plays(qfleet_cmd, tmp
                             timeout=300)
     assert played.returncode == 0 and "greedy return over 2 episode(s)" in played.stdout, played.stdout + played.stderr
     assert "of 320x320" in played.stdout
+
+
+@pytest.mark.slow
+def test_a_baseline_plays_the_environment_its_env_kwargs_make(qfleet_cmd, tmp_path):
+    """baseline.env_kwargs reaches the baseline's environment: on the corridor of length 4
+    the best greedy return is 3 steps' worth (0.8); the default length 6 would give 0.6.
+    The run ends on its episode budget (600 s is only a hang guard)."""
+    out = subprocess.run(qfleet_cmd + ["baseline", "random-search", "--env", CORRIDOR,
+                                       "--set", "baseline.env_kwargs={length: 4}", "--set", "baseline.max_episodes=400",
+                                       "--max-seconds", "600", "--run-dir", str(tmp_path), "--no-plot"],
+                         capture_output=True, text=True, env=python_env(), timeout=660)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    [summary] = [json.loads(p.read_text()) for p in tmp_path.glob("*/summary.json")]
+    assert summary["best_eval"]["eval_max"] == pytest.approx(0.8), summary["best_eval"]

@@ -8,8 +8,8 @@ import pytest
 
 from qfleet.common.errors import CheckpointError
 from qfleet.replay_server.rate_limiter import RateLimiter
-from qfleet.replay_server.reshard import Ratio, reshard, shard_dirs
-from qfleet.replay_server.snapshot import SnapshotStore
+from qfleet.replay_server.reshard import Ratio, reshard
+from qfleet.replay_server.snapshot import SnapshotStore, shard_dirs
 from qfleet.replay_server.table import Table
 from tests.conftest import make_batch
 

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = [f"{field}={getattr(args, flag)}" for flag, field in FLAGS.items() if getattr(args, flag) is not None]
     parts = load_sections(BASELINE_SECTIONS, args.config, list(args.set) + overrides)
     cfg: BaselineRunConfig = parts["baseline"]
-    env = describe_env(cfg.env)
+    env = describe_env(cfg.env, env_kwargs=cfg.env_kwargs)
     threshold = cfg.solved_threshold if cfg.solved_threshold is not None else env.reward_threshold
     learner = make_learner(args.method, parts, env, cfg.seed)
     run_dir = make_run_dir(cfg.run_dir, cfg.name, f"{args.method}-{cfg.env}")
