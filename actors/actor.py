@@ -52,8 +52,8 @@ class Actor:
         self._lags_ms: list[float] = []
         self._versions_applied = 0
         self._poller: Optional[zmq.Poller] = None
-        # The count of transitions handed to ZeroMQ, in a file the launcher can read even
-        # after a SIGKILL: what a killed actor lost is exactly this minus what was stored.
+        # The count of transitions handed (or being handed) to ZeroMQ, in a file the launcher
+        # can read even after a SIGKILL: a killed actor lost this minus what was stored.
         self._sent_file = None if sent_file is None else np.memmap(sent_file, np.int64, "w+", shape=(1,))
 
     def run(self, should_stop: Callable[[], bool], max_env_steps: int = 0) -> dict:
@@ -128,6 +128,9 @@ class Actor:
         for start in range(0, total, self.max_insert_batch):
             chunk = {k: v[start:start + self.max_insert_batch] for k, v in batch.items()}
             msg = m.InsertBatch(self.index, self.seq, self.version, **chunk)
+            # Counted before the send: a SIGKILL between the two then reads as one message
+            # lost, never as transitions stored that were not counted as sent.
+            self._write_sent(self.sent + len(chunk["action"]))
             while True:
                 try:
                     self.replay.insert(msg, timeout=0)
@@ -140,11 +143,14 @@ class Actor:
                     self.blocked_s += time.monotonic() - waited
                     self._apply_weights()
                     if should_stop():
+                        self._write_sent(self.sent)  # this message was never handed over
                         return
             self.seq += 1
             self.sent += len(chunk["action"])
-            if self._sent_file is not None:
-                self._sent_file[0] = self.sent
+
+    def _write_sent(self, count: int) -> None:
+        if self._sent_file is not None:
+            self._sent_file[0] = count
 
     def _blocked_poller(self) -> zmq.Poller:
         if self._poller is None:

@@ -18,9 +18,10 @@ pytestmark = pytest.mark.slow
 CARTPOLE_TRANSITION_BYTES = 44
 CLIENT_HWM = 4                      # actor insert socket (deploy/components.py)
 MESSAGE_TRANSITIONS = 32 * 4        # envs_per_actor x flush_every_steps (defaults)
-# What one actor can have handed to ZeroMQ but not yet to the server: its queue plus the
-# kernel buffers of the connection on both ends (Linux doubles SO_SNDBUF/SO_RCVBUF).
-IN_FLIGHT_PER_ACTOR = CLIENT_HWM * MESSAGE_TRANSITIONS + 2 * 2 * STREAM_BUFFER_BYTES // CARTPOLE_TRANSITION_BYTES
+# What one actor can have counted as sent but not yet handed to the server: the message it
+# is sending (counted first), its queue, and the kernel buffers of the connection on both
+# ends (Linux doubles SO_SNDBUF/SO_RCVBUF).
+IN_FLIGHT_PER_ACTOR = (1 + CLIENT_HWM) * MESSAGE_TRANSITIONS + 2 * 2 * STREAM_BUFFER_BYTES // CARTPOLE_TRANSITION_BYTES
 
 
 UPDATES = 3_000    # the run's budget: it ends when the (restarted) learner has made this many
