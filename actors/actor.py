@@ -6,12 +6,14 @@ CNNs; with pixel observations the environments are wrapped to give stacked frame
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+import os
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import zmq
 
 from qfleet.actors.exploration import EpsilonSchedule
+from qfleet.actors.frames import FrameEncoder, frame_messages
 from qfleet.actors.nstep import NStepAdder
 from qfleet.actors.training_signal import TrainingSignal
 from qfleet.actors.weights import WeightSubscriber
@@ -30,7 +32,7 @@ FINAL_FLUSH_S = 1.0  # at stop, how long pending transitions may wait for the re
 class Actor:
     def __init__(self, *, cfg: ActorConfig, index: int, num_actors: int, env: EnvSpec, net: NetSpec,
                  replay: ReplayClient, weights: WeightSubscriber, max_insert_batch: int, seed: int = 0,
-                 telemetry: Optional[Telemetry] = None, sent_file: Optional[str] = None):
+                 telemetry: Optional[Telemetry] = None, sent_file: Optional[str] = None, frames: bool = False):
         self.cfg, self.index = cfg, index
         self.env_spec, self.replay, self.weights = env, replay, weights
         self.max_insert_batch = max_insert_batch
@@ -38,8 +40,12 @@ class Actor:
         self.telemetry = telemetry or Telemetry(None, "actor", index)
         self.policy = make_policy(net)
         self.schedule = EpsilonSchedule(cfg, index, num_actors)
+        # With frames (replay.frames), observations travel as frame numbers: the adder
+        # carries those, the encoder queues each new frame once (actors/frames.py).
+        self.encoder = FrameEncoder(cfg.envs_per_actor, env.obs_shape) if frames else None
+        self.stream = int.from_bytes(os.urandom(7), "little")  # this process's frame numbering
         self.adder = NStepAdder(num_envs=cfg.envs_per_actor, n=cfg.n_step, gamma=cfg.gamma,
-                                obs_shape=env.obs_shape, obs_dtype=env.obs_dtype)
+                                obs_shape=() if frames else env.obs_shape, obs_dtype=np.int64 if frames else env.obs_dtype)
         self.rng = np.random.default_rng([seed, index])
         self.version = -1          # weights version in use (-1: none yet, acting uniformly)
         self.env_steps = 0         # valid environment steps (transitions of the MDP)
@@ -61,6 +67,7 @@ class Actor:
         envs = make_vec_env(self.env_spec, cfg.envs_per_actor)
         signal = TrainingSignal.for_env(self.env_spec)  # clipped rewards, life loss (Atari preset)
         obs, _ = envs.reset(seed=self.seed * 10_007 + self.index * 101)
+        stored_obs = self._encode(obs)
         done_prev = np.zeros(cfg.envs_per_actor, bool)
         ep_return = np.zeros(cfg.envs_per_actor)
         ep_length = np.zeros(cfg.envs_per_actor, np.int64)
@@ -73,9 +80,9 @@ class Actor:
                 next_obs, reward, terminated, truncated, info = envs.step(actions)
                 valid = ~done_prev  # NEXT_STEP autoreset: the step after an episode end only resets
                 learn_reward, learn_terminal = signal(reward, terminated, valid, info)
-                out = self.adder.add(obs, actions, learn_reward, next_obs, learn_terminal, truncated, valid)
-                if len(out["action"]):
-                    self._pending.append(out)
+                stored_next = self._encode(next_obs)
+                self._queue(self.adder.add(stored_obs, actions, learn_reward, stored_next, learn_terminal, truncated,
+                                           valid))
                 ep_return += reward * valid
                 ep_length += valid
                 ended = valid & (terminated | truncated)
@@ -88,7 +95,7 @@ class Actor:
                 self.env_steps += n_valid
                 self.schedule.advance(n_valid, int(ended.sum()))
                 done_prev = terminated | truncated
-                obs = next_obs
+                obs, stored_obs = next_obs, stored_next
                 steps += 1
                 if steps % cfg.flush_every_steps == 0:
                     self._flush(should_stop)
@@ -117,20 +124,39 @@ class Actor:
         self._versions_applied += 1
         self._lags_ms.append((time.time() - weights.published_at) * 1e3)  # publish -> first use
 
+    def _encode(self, obs: np.ndarray) -> np.ndarray:
+        """What the adder stores for an observation: itself, or its newest frame's number."""
+        return obs if self.encoder is None else self.encoder.encode(obs)
+
+    def _queue(self, out: dict[str, np.ndarray]) -> None:
+        if self.encoder is not None:  # every step has new frames, with or without transitions
+            first, frames, links = self.encoder.take()
+            self._pending.append({"frame_first": first, "frames": frames, "frame_prev": links, **out})
+        elif len(out["action"]):
+            self._pending.append(out)
+
+    def _messages(self, pending: list[dict]) -> Iterator[m.InsertBatch | m.InsertFrames]:
+        """Insert messages of at most max_insert_batch transitions (seq filled in at send)."""
+        if self.encoder is not None:
+            yield from frame_messages(pending, actor_id=self.index, seq=0, version=self.version, stream=self.stream,
+                                      max_transitions=self.max_insert_batch, max_frames=self.max_insert_batch)
+            return
+        batch = {k: np.concatenate([p[k] for p in pending]) for k in m.TRANSITION_FIELDS}
+        for start in range(0, len(batch["action"]), self.max_insert_batch):
+            chunk = {k: v[start:start + self.max_insert_batch] for k, v in batch.items()}
+            yield m.InsertBatch(self.index, 0, self.version, **chunk)
+
     def _flush(self, should_stop: Callable[[], bool]) -> None:
         """Push pending transitions; while the replay server applies backpressure, keep
         taking new weights and honour stop requests (nothing is dropped meanwhile)."""
         if not self._pending:
             return
-        batch = {k: np.concatenate([p[k] for p in self._pending]) for k in m.TRANSITION_FIELDS}
-        self._pending.clear()
-        total = len(batch["action"])
-        for start in range(0, total, self.max_insert_batch):
-            chunk = {k: v[start:start + self.max_insert_batch] for k, v in batch.items()}
-            msg = m.InsertBatch(self.index, self.seq, self.version, **chunk)
+        pending, self._pending = self._pending, []
+        for msg in self._messages(pending):
+            msg = msg._replace(seq=self.seq)
             # Counted before the send: a SIGKILL between the two then reads as one message
             # lost, never as transitions stored that were not counted as sent.
-            self._write_sent(self.sent + len(chunk["action"]))
+            self._write_sent(self.sent + len(msg.action))
             while True:
                 try:
                     self.replay.insert(msg, timeout=0)
@@ -146,7 +172,7 @@ class Actor:
                         self._write_sent(self.sent)  # this message was never handed over
                         return
             self.seq += 1
-            self.sent += len(chunk["action"])
+            self.sent += len(msg.action)
 
     def _write_sent(self, count: int) -> None:
         if self._sent_file is not None:

@@ -61,6 +61,11 @@ class ReplayConfig:
     """HOST:INSERT_PORT,REQUEST_PORT of a replay server already running on its own
     (`qfleet replay-server`): the run starts none, and its learner and actors use that one
     (local backend). Empty (the default): the run starts its own."""
+    frames: bool = setting(True)
+    """Observations that are uint8 stacks of frames (k, H, W) (the Atari preset, run.obs =
+    pixels) are sent and stored a frame at a time, each frame once, and the stacks rebuilt
+    at sample time (replay_server/frames.py): ~7.4 KB per 84x84x4 Atari transition instead
+    of 56 KB. False stores every observation whole. Other observations are always whole."""
     prioritized: bool = setting(True)
     """Proportional prioritized sampling (sum-tree); False samples uniformly."""
     alpha: float = setting(0.6, ge=0, le=1)

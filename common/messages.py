@@ -2,6 +2,7 @@
 
 Who sends what:
     actor   --InsertBatch-->     replay server (PUSH -> PULL)
+    actor   --InsertFrames-->    replay server (PUSH -> PULL), for stacked-frame observations
     learner --SampleRequest-->   replay server (DEALER -> ROUTER), answered by SampleBatch
     learner --PriorityUpdate-->  replay server (no answer)
     anyone  --StatsRequest-->    replay server, answered by StatsReply
@@ -22,6 +23,7 @@ import numpy as np
 from qfleet.common.codec import BATCH, ArraySpec, Message, MessageSchema, decode, encode
 
 INSERT, SAMPLE, SAMPLE_BATCH, PRIORITIES = "insert", "sample", "sample_batch", "priorities"
+INSERT_FRAMES = "insert_frames"
 STATS, SNAPSHOT, STATS_REPLY, ERROR = "stats", "snapshot", "stats_reply", "error"
 WEIGHTS, REPORT = "weights", "report"
 
@@ -51,6 +53,36 @@ class InsertBatch(NamedTuple):
     next_obs: np.ndarray
     discount: np.ndarray
     priority: Optional[np.ndarray] = None
+
+
+class InsertFrames(NamedTuple):
+    """Transitions of stacked-frame observations (k, H, W), each frame sent once.
+
+    `frames` are the actor's frames numbered `frame_first`, `frame_first` + 1, ... within
+    its `stream` (a number the actor process picks at start, so a restarted actor's
+    numbers are not mistaken for its predecessor's). `frame_prev[i]` is the number of the
+    frame before frame i in its stack (-1: none; an actor sends all k frames of a stack
+    whose predecessor it did not send). A transition's observation is the stack ending at
+    frame `obs_frame`, its next observation the one ending at `next_frame`; both may be
+    frames of earlier messages of the same stream."""
+    actor_id: int
+    seq: int
+    weights_version: int
+    stream: int
+    frame_first: int
+    frames: np.ndarray
+    frame_prev: np.ndarray
+    obs_frame: np.ndarray
+    next_frame: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    discount: np.ndarray
+    priority: Optional[np.ndarray] = None
+
+
+def is_frame_stack(obs_shape: Sequence[int], obs_dtype: Any) -> bool:
+    """Observations sent and stored a frame at a time: uint8 stacks (k, H, W), k >= 2."""
+    return len(obs_shape) == 3 and obs_shape[0] >= 2 and np.dtype(obs_dtype) == np.uint8
 
 
 class SampleRequest(NamedTuple):
@@ -137,6 +169,7 @@ def replay_schemas(obs_shape: Sequence[int], obs_dtype: Any, max_batch: int = 1 
     schemas = [
         MessageSchema(INSERT, 1, {"actor_id": (_INT, True), "seq": (_INT, True), "weights_version": (_INT, True)},
                       transition + (ArraySpec("priority", "<f4", (BATCH,), optional=True),), max_batch),
+        *_frame_schemas(obs_shape, obs_dtype, max_batch),
         MessageSchema(SAMPLE, 1, {**request, "batch_size": (_INT, True), "beta": (_NUM, True),
                                   "num_batches": (_INT, True)}),
         MessageSchema(SAMPLE_BATCH, 2, {**request, "total_priority": (_NUM, True), "size": (_INT, True)},
@@ -150,6 +183,17 @@ def replay_schemas(obs_shape: Sequence[int], obs_dtype: Any, max_batch: int = 1 
         MessageSchema(ERROR, 1, {**request, "reason": (_STR, True), "detail": (_STR, True)}),
     ]
     return {s.type: s for s in schemas}
+
+
+def _frame_schemas(obs_shape: Sequence[int], obs_dtype: Any, max_batch: int) -> list[MessageSchema]:
+    if not is_frame_stack(obs_shape, obs_dtype):
+        return []
+    meta = {name: (_INT, True) for name in ("actor_id", "seq", "weights_version", "stream", "frame_first")}
+    arrays = (ArraySpec("frames", "|u1", (None, *obs_shape[1:])), ArraySpec("frame_prev", "<i8", (None,)),
+              ArraySpec("obs_frame", "<i8", (BATCH,)), ArraySpec("next_frame", "<i8", (BATCH,)),
+              *(ArraySpec(name, _SCALAR_DTYPES[name], (BATCH,)) for name in ("action", "reward", "discount")),
+              ArraySpec("priority", "<f4", (BATCH,), optional=True))
+    return [MessageSchema(INSERT_FRAMES, 1, meta, arrays, max_batch)]
 
 
 def weights_schema(param_shapes: dict[str, tuple[int, ...]]) -> MessageSchema:

@@ -252,7 +252,7 @@ def run_actor(cfg: ActorConfig, plan: RunPlan, place: Placement, start: Start, s
     actor = Actor(cfg=cfg, index=index, num_actors=plan.actors, env=plan.env, net=plan.net,
                   replay=replay, weights=weights, max_insert_batch=plan.max_insert_batch,
                   seed=plan.seed + 7919 * start.incarnation, telemetry=telemetry,
-                  sent_file=sent_file(place, index, start.incarnation))
+                  sent_file=sent_file(place, index, start.incarnation), frames=plan.frames)
     if start.schedule:
         actor.schedule.load(start.schedule)
     actor.run(stop.is_set)

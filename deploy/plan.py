@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import psutil
 
 from qfleet.common.config import QfleetConfig
@@ -18,6 +19,7 @@ from qfleet.common.envs import EnvSpec, describe_run_env
 from qfleet.common.errors import ConfigError, MissingExtraError
 from qfleet.common.extras import available
 from qfleet.common.netspec import NetSpec, choose_net
+from qfleet.replay_server.frames import stored_bytes, uses_frames
 from qfleet.replay_server.rate_limiter import RateLimiter
 from qfleet.replay_server.storage import transition_dtype
 
@@ -40,7 +42,9 @@ class RunPlan:
     solved_threshold: Optional[float]
     """Greedy mean that counts as solved: learner.solved_threshold or the env's reward threshold."""
     transition_bytes: int
-    """Bytes one stored transition takes."""
+    """Bytes one stored transition takes (a frame store's whole allocation / capacity)."""
+    frames: bool
+    """Observations go over the wire and into replay a frame at a time (replay.frames)."""
     seed: int
     actors: int
     max_updates: int
@@ -70,8 +74,12 @@ def make_plan(cfg: QfleetConfig) -> RunPlan:
     if cfg.actor.envs_per_actor * cfg.actor.flush_every_steps > MAX_INSERT_MESSAGES_PER_PUSH * replay.max_insert_batch:
         raise ConfigError(f"actor.envs_per_actor * actor.flush_every_steps is over {MAX_INSERT_MESSAGES_PER_PUSH} "
                           "insert messages per push; raise replay.max_insert_batch or lower actor.flush_every_steps")
-    transition_bytes = transition_dtype(env.obs_shape, env.obs_dtype).itemsize
-    _check_sizes(cfg, transition_bytes, sample_batch)
+    wire_bytes = transition_dtype(env.obs_shape, env.obs_dtype).itemsize  # a transition with whole stacks
+    frames = uses_frames(replay.frames, env.obs_shape, env.obs_dtype)
+    transition_bytes = -(-stored_bytes(replay.capacity, env.obs_shape) // replay.capacity) if frames else wire_bytes
+    # Inserts of frames carry about one frame per transition (a whole stack at episode starts).
+    insert_bytes = int(np.prod(env.obs_shape[1:])) * 2 + 64 if frames else wire_bytes
+    _check_sizes(cfg, sample_item=wire_bytes, insert_item=insert_bytes, table_item=transition_bytes)
     RateLimiter(min_size_to_sample=replay.min_size_to_sample, samples_per_insert=replay.samples_per_insert,
                 error_buffer=error_buffer, max_insert_batch=replay.max_insert_batch,
                 max_sample_batch=sample_batch)  # raises, naming the deadlock, before anything starts
@@ -79,7 +87,7 @@ def make_plan(cfg: QfleetConfig) -> RunPlan:
     net = net_spec(cfg, env)
     _check_extras(cfg, net)
     return RunPlan(env=env, env_name=cfg.run.env, net=net, sample_batch=sample_batch,
-                   error_buffer=error_buffer, solved_threshold=threshold, transition_bytes=transition_bytes,
+                   error_buffer=error_buffer, solved_threshold=threshold, transition_bytes=transition_bytes, frames=frames,
                    seed=cfg.run.seed, actors=cfg.run.actors, max_updates=cfg.run.max_updates,
                    max_insert_batch=replay.max_insert_batch, replay_external=external_endpoints(cfg),
                    shards=replay.shards, relay_fallback_s=cfg.actor.relay_fallback_after * cfg.relay.republish_s,
@@ -142,18 +150,21 @@ def net_spec(cfg: QfleetConfig, env: EnvSpec) -> NetSpec:
         raise ConfigError(f"learner.network = '{learner.network}' for {env.env_id}: {exc}") from None
 
 
-def _check_sizes(cfg: QfleetConfig, per_item: int, sample_batch: int) -> None:
-    """Refuse message and table sizes that cannot work (pixel transitions are ~56 KB each)."""
+def _check_sizes(cfg: QfleetConfig, *, sample_item: int, insert_item: int, table_item: int) -> None:
+    """Refuse message and table sizes that cannot work (pixel transitions are ~56 KB each
+    in a sample reply; stored a frame at a time they take ~7.4 KB)."""
     limit = cfg.replay.max_message_bytes
     push = min(cfg.replay.max_insert_batch, cfg.actor.envs_per_actor * cfg.actor.flush_every_steps)
-    for what, count, fix in (("a sample reply", sample_batch, "learner.batch_size or learner.batches_per_request"),
-                             ("an insert message", push, "replay.max_insert_batch or actor.envs_per_actor")):
+    sample_batch = cfg.learner.batch_size * cfg.learner.batches_per_request
+    for what, count, per_item, fix in (
+            ("a sample reply", sample_batch, sample_item, "learner.batch_size or learner.batches_per_request"),
+            ("an insert message", push, insert_item, "replay.max_insert_batch or actor.envs_per_actor")):
         if count * per_item > limit:
             raise ConfigError(f"{what} would be {count} transitions x {per_item:,} bytes = "
                               f"{count * per_item / 2**20:,.0f} MiB, over replay.max_message_bytes "
                               f"({limit / 2**20:,.0f} MiB); lower {fix}")
-    table = cfg.replay.capacity * per_item
+    table = cfg.replay.capacity * table_item
     available = psutil.virtual_memory().available
     if table > MAX_MEMORY_FRACTION * available:
-        raise ConfigError(f"replay.capacity = {cfg.replay.capacity:,} transitions of {per_item:,} bytes needs "
+        raise ConfigError(f"replay.capacity = {cfg.replay.capacity:,} transitions of {table_item:,} bytes needs "
                           f"{table / 2**30:.1f} GiB; this machine has {available / 2**30:.1f} GiB available")

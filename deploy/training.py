@@ -94,7 +94,7 @@ def check_replay_snapshots(run_dir: Path, cfg: QfleetConfig, plan: RunPlan,
     written = max(shard_dirs) + 1 if shard_dirs else (1 if SnapshotStore(replay).paths() else 0)
     for i in range(written or plan.shards):
         check_newest(run_dir / shard_dir(i, written or plan.shards), plan.env.obs_shape, plan.env.obs_dtype,
-                     cfg.replay.capacity)
+                     cfg.replay.capacity, frames=plan.frames)
     if written and written != plan.shards:
         ratio = Ratio(cfg.replay.samples_per_insert, cfg.replay.min_size_to_sample, plan.error_buffer)
         done = reshard(replay, written, plan.shards, cfg.replay.capacity, ratio)

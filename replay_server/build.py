@@ -7,6 +7,7 @@ from typing import Optional
 from qfleet.common.config import ReplayConfig
 from qfleet.common.envs import EnvSpec
 from qfleet.common.sockets import CurveKeys
+from qfleet.replay_server.frames import uses_frames
 from qfleet.replay_server.rate_limiter import RateLimiter
 from qfleet.replay_server.server import ReplayServer
 from qfleet.replay_server.snapshot import SnapshotStore
@@ -21,7 +22,7 @@ def build_replay_server(cfg: ReplayConfig, spec: EnvSpec, *, max_sample_batch: i
                           max_insert_batch=cfg.max_insert_batch, max_sample_batch=max_sample_batch)
     table = Table(capacity=cfg.capacity, obs_shape=spec.obs_shape, obs_dtype=spec.obs_dtype,
                   num_actions=spec.num_actions, prioritized=cfg.prioritized, alpha=cfg.alpha,
-                  limiter=limiter, seed=seed)
+                  limiter=limiter, seed=seed, frames=uses_frames(cfg.frames, spec.obs_shape, spec.obs_dtype))
     snapshots = SnapshotStore(snapshot_dir) if snapshot_dir is not None else None
     return ReplayServer(table=table, host=host, insert_port=insert_port, request_port=request_port,
                         max_message_bytes=cfg.max_message_bytes, max_sample_batch=max_sample_batch,

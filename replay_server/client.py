@@ -75,9 +75,9 @@ class ReplayClient:
         """The insert socket, for a caller that waits on it together with others (poll only)."""
         return self._socket(zmq.PUSH)
 
-    def insert(self, batch: m.InsertBatch, timeout: Optional[float] = None) -> None:
+    def insert(self, batch: m.InsertBatch | m.InsertFrames, timeout: Optional[float] = None) -> None:
         """Queue a batch for the server; QfleetTimeout if backpressure lasts `timeout` s."""
-        frames = m.pack(self._schemas[m.INSERT], batch)
+        frames = m.pack(self._schemas[m.INSERT_FRAMES if isinstance(batch, m.InsertFrames) else m.INSERT], batch)
         send_frames(self._socket(zmq.PUSH), frames, self._t(timeout), "insert")
 
     # -- learner -------------------------------------------------------------------------

@@ -58,6 +58,9 @@ def reshard(replay: Path, old: int, new: int, capacity: int, ratio: Ratio) -> Re
     if not found:
         raise CheckpointError(f"{replay} has no readable replay snapshot to redistribute")
     states, metas = zip(*found)
+    if any("frames" in state for state in states):
+        raise CheckpointError(f"the replay snapshots under {replay} store frames (replay.frames), which "
+                              f"cannot be redistributed over another shard count; resume with replay.shards = {old}")
     shard, slot = _age_order(states)
     total = len(shard)
     cut = max(0, total - new * capacity)  # the oldest go first

@@ -98,17 +98,17 @@ class ReplayServer:
                 return
 
     # -- inserts -----------------------------------------------------------------------
-    def _decode_insert(self, frames: list) -> Optional[m.InsertBatch]:
+    def _decode_insert(self, frames: list) -> Optional[m.InsertBatch | m.InsertFrames]:
         """The insert batch in `frames`, or None after counting why it was rejected."""
         self.counts["insert_messages"] += 1
         try:
             msg = decode(frames, self.schemas, max_bytes=self.max_message_bytes)
-            if msg.type != m.INSERT:
+            if msg.type not in (m.INSERT, m.INSERT_FRAMES):
                 raise CodecError("unknown_type", f"'{msg.type}' sent to the insert socket, which takes only inserts")
         except CodecError as exc:
             self._reject(exc, "insert")
             return None
-        batch = m.unpack(m.InsertBatch, msg)
+        batch = m.unpack(m.InsertFrames if msg.type == m.INSERT_FRAMES else m.InsertBatch, msg)
         if len(batch.action) > self.max_insert_batch:
             self._reject(CodecError("oversized", f"insert of {len(batch.action)} transitions; the limit is "
                                                  f"{self.max_insert_batch}"), "insert", transitions=len(batch.action))
@@ -144,11 +144,15 @@ class ReplayServer:
         if not (force or self.accept_all_inserts) and not self.table.can_insert(n):
             return False
         try:
-            self.table.insert({k: getattr(batch, k) for k in m.TRANSITION_FIELDS}, batch.priority)
+            if isinstance(batch, m.InsertFrames):
+                _, stored = self.table.insert_frames(batch)
+            else:
+                _, stored = self.table.insert({k: getattr(batch, k) for k in m.TRANSITION_FIELDS}, batch.priority)
+                stored = n  # a batch bigger than the table still counts as stored (the oldest are overwritten)
         except RequestError as exc:
             self._reject(exc, "insert", transitions=n)
             return True
-        self.stored_by_actor[batch.actor_id] += n
+        self.stored_by_actor[batch.actor_id] += stored
         previous = self.last_seq.get(batch.actor_id)
         if previous is not None and batch.seq > previous + 1:
             self.seq_gaps[batch.actor_id] += batch.seq - previous - 1
@@ -243,7 +247,8 @@ class ReplayServer:
             "waiting_samples": len(self._waiting), "insert_held": self._held_insert is not None,
             "rejected": sum(self.rejected.values()), "table_bytes": t.nbytes,
             "obs_dtype": t.storage.obs_dtype.name, "obs_shape": "x".join(map(str, t.storage.obs_shape)),
-            "bytes_per_transition": t.storage.dtype.itemsize, "max_sample_batch": self.max_sample_batch,
+            "bytes_per_transition": t.storage.bytes_per_transition, "max_sample_batch": self.max_sample_batch,
+            "frames_missing": getattr(t.storage, "frames_missing", 0),
             "uptime_s": time.monotonic() - self._started,
         }
         values.update(self.counts)

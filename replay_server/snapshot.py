@@ -16,6 +16,7 @@ import numpy as np
 
 from qfleet.common.errors import CheckpointError
 from qfleet.common.files import HEADER_KEY, write_npz_atomic
+from qfleet.replay_server.frames import FrameStore
 from qfleet.replay_server.table import Table
 
 log = logging.getLogger("qfleet.replay")
@@ -66,25 +67,29 @@ class SnapshotStore:
         return None, {}
 
 
-def check_newest(directory: str | Path, obs_shape: tuple, obs_dtype, capacity: int) -> Optional[Path]:
+def check_newest(directory: str | Path, obs_shape: tuple, obs_dtype, capacity: int,
+                 frames: bool = False) -> Optional[Path]:
     """Before anything starts: the newest readable snapshot in `directory`, after checking it
     fits (reads only array headers). CheckpointError naming what differs."""
     for path in SnapshotStore(directory).paths():
         try:
             with zipfile.ZipFile(path) as z:
-                with z.open("data.obs.npy") as f:
-                    fmt = np.lib.format
-                    version = fmt.read_magic(f)
-                    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-                    shape, _, dtype = read_header(f)
+                names = set(z.namelist())
+                saved_frames = "frames.npy" in names
+                shape, dtype = _array_header(z, "frames.npy" if saved_frames else "data.obs.npy")
+                if saved_frames:
+                    slots, _ = _array_header(z, "data.obs_slots.npy")
+                    shape = (shape[0], slots[1], *shape[1:])  # (frames, k, H, W): compare (k, H, W)
                 with z.open("capacity.npy") as f:
                     saved_capacity = int(np.lib.format.read_array(f))
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError, IndexError) as exc:
             log.warning("replay snapshot %s is unreadable (%s); trying the previous one", path, exc)
             continue
         if tuple(shape[1:]) != tuple(obs_shape) or np.dtype(dtype) != np.dtype(obs_dtype):
             raise CheckpointError(f"replay snapshot {path} holds observations of shape {tuple(shape[1:])} {dtype}, "
                                   f"but this run's environment gives {tuple(obs_shape)} {np.dtype(obs_dtype)}")
+        if saved_frames != frames:
+            raise CheckpointError(_frames_mismatch(path, saved_frames))
         if saved_capacity != capacity:
             raise CheckpointError(f"replay snapshot {path} was taken with replay.capacity = {saved_capacity}, "
                                   f"this run has {capacity}; resume with the same capacity")
@@ -92,14 +97,35 @@ def check_newest(directory: str | Path, obs_shape: tuple, obs_dtype, capacity: i
     return None
 
 
+def _array_header(z: zipfile.ZipFile, name: str) -> tuple[tuple, np.dtype]:
+    with z.open(name) as f:
+        fmt = np.lib.format
+        version = fmt.read_magic(f)
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    return tuple(shape), dtype
+
+
+def _frames_mismatch(path: Path, saved_frames: bool) -> str:
+    saved, now = ("a frame at a time", "whole observations") if saved_frames else ("whole observations",
+                                                                                  "a frame at a time")
+    return (f"replay snapshot {path} stores {saved} and this run stores {now}: resume with the replay.frames "
+            f"setting it was written with (replay.frames={'true' if saved_frames else 'false'})")
+
+
 def _check_compatible(path: Path, state: dict, table: Table) -> None:
     storage = table.storage
-    obs = state.get("data.obs")
-    if obs is None:
+    if ("frames" in state) != isinstance(storage, FrameStore):
+        raise CheckpointError(_frames_mismatch(path, "frames" in state))
+    if "frames" in state:
+        shape, dtype = (state["data.obs_slots"].shape[1], *state["frames"].shape[1:]), state["frames"].dtype
+    elif "data.obs" in state:
+        shape, dtype = state["data.obs"].shape[1:], state["data.obs"].dtype
+    else:
         raise CheckpointError(f"replay snapshot {path} has no observations; it is not a qfleet snapshot")
-    if tuple(obs.shape[1:]) != storage.obs_shape or obs.dtype != storage.obs_dtype:
-        raise CheckpointError(f"replay snapshot {path} holds observations of shape {tuple(obs.shape[1:])} "
-                              f"{obs.dtype}, but this run's environment gives {storage.obs_shape} {storage.obs_dtype}")
+    if tuple(shape) != storage.obs_shape or dtype != storage.obs_dtype:
+        raise CheckpointError(f"replay snapshot {path} holds observations of shape {tuple(shape)} "
+                              f"{dtype}, but this run's environment gives {storage.obs_shape} {storage.obs_dtype}")
     if int(state["capacity"]) != storage.capacity:
         raise CheckpointError(f"replay snapshot {path} was taken with replay.capacity = {int(state['capacity'])}, "
                               f"this run has {storage.capacity}; resume with the same capacity")

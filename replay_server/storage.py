@@ -23,6 +23,14 @@ def transition_dtype(obs_shape: Sequence[int], obs_dtype) -> np.dtype:
     return np.dtype([(name, *layout) for name, layout in transition_layout(obs_shape, obs_dtype).items()])
 
 
+def ring_spans(start: int, count: int, capacity: int) -> list[tuple[int, int]]:
+    """The one or two contiguous slot ranges [lo, hi) that `count` slots from `start` cover."""
+    end = start + count
+    if end <= capacity:
+        return [(start, end)]
+    return [(start, capacity), (0, end - capacity)]
+
+
 class RingBuffer:
     """Fixed-capacity arrays for obs, action, n-step reward, next obs and discount."""
 
@@ -45,8 +53,21 @@ class RingBuffer:
         return min(self.inserted, self.capacity)
 
     @property
+    def oldest(self) -> int:
+        """The oldest live key."""
+        return max(0, self.inserted - self.capacity)
+
+    @property
     def nbytes(self) -> int:
         return self.records.nbytes
+
+    @property
+    def bytes_per_transition(self) -> float:
+        return float(self.dtype.itemsize)
+
+    def slots_in_use(self) -> int:
+        """Slots 0 .. slots_in_use() - 1 hold transitions (all of them once it wrapped)."""
+        return self.size
 
     def add(self, batch: dict[str, np.ndarray]) -> tuple[int, int]:
         """Append a batch (arrays with a shared leading dimension). Returns (first_key, count).
@@ -66,11 +87,7 @@ class RingBuffer:
         return first_key, n - skip
 
     def spans(self, start: int, count: int) -> list[tuple[int, int]]:
-        """The one or two contiguous slot ranges [lo, hi) that `count` slots from `start` cover."""
-        end = start + count
-        if end <= self.capacity:
-            return [(start, end)]
-        return [(start, self.capacity), (0, end - self.capacity)]
+        return ring_spans(start, count, self.capacity)
 
     def gather(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         rows = self._rows[slots].view(self.dtype).reshape(len(slots))
@@ -79,3 +96,13 @@ class RingBuffer:
     def live(self, keys: np.ndarray) -> np.ndarray:
         """Mask of keys whose slot still holds the transition they were sampled as."""
         return (keys >= self.inserted - self.capacity) & (keys < self.inserted)
+
+    def state(self) -> dict[str, np.ndarray]:
+        size = self.size
+        return {f"data.{k}": v[:size] for k, v in self.arrays.items()}
+
+    def load(self, state: dict[str, np.ndarray], inserted: int) -> None:
+        size = len(state["data.action"])
+        for k, store in self.arrays.items():
+            store[:size] = state[f"data.{k}"]
+        self.inserted = inserted

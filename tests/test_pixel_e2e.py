@@ -12,6 +12,7 @@ from qfleet.common.config import PixelConfig
 from qfleet.common.netspec import NetSpec
 from qfleet.learner.checkpoint import load_checkpoint
 from qfleet.learner.evaluation import evaluate, greedy_policy
+from qfleet.replay_server.frames import stored_bytes
 from tests.conftest import python_env
 
 pytestmark = pytest.mark.slow
@@ -33,12 +34,15 @@ def test_pixel_training_runs_end_to_end_on_cpu(qfleet_cmd, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, env=python_env(), timeout=HANG_GUARD_S + 60)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "stopped (evaluation budget reached)" in out.stdout, out.stdout[-3000:]
-    assert "replay stores 56,460 bytes per transition" in out.stdout
+    # Stored a frame at a time (replay.frames): 4,000 transitions in a ring of 8,256 frames.
+    per_transition = stored_bytes(4000, (4, 84, 84)) / 4000
+    assert f"replay stores {-(-stored_bytes(4000, (4, 84, 84)) // 4000):,} bytes per transition" in out.stdout
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
     replay = summary["replay"]
-    assert replay["obs_dtype"] == "uint8" and replay["bytes_per_transition"] == 56_460
+    assert replay["obs_dtype"] == "uint8" and replay["bytes_per_transition"] == pytest.approx(per_transition)
     assert replay["rejected"] == 0 and replay["stored"] >= 300  # min_size_to_sample: the learner sampled
+    assert replay["frames_missing"] == 0, "every frame a transition needs arrived"
     assert summary["reason"] == "evaluation budget reached", summary["reason"]
     assert summary["updates"] > 0 and summary["evaluations"] >= 1, summary
 

@@ -146,4 +146,7 @@ def test_train_refuses_pixel_sizes_that_cannot_work():
     with pytest.raises(ConfigError, match=r"a sample reply would be 2048 transitions x 56,460 bytes = 110 MiB"):
         plan("--obs", "pixels", "--set", "learner.batches_per_request=8")
     with pytest.raises(ConfigError, match=r"replay.capacity = 10,000,000 transitions of 56,460 bytes needs 525.8 GiB"):
-        plan("--obs", "pixels", "--set", "replay.capacity=10000000")
+        plan("--obs", "pixels", "--set", "replay.capacity=10000000", "--set", "replay.frames=false")
+    # A frame at a time (the default) a transition takes ~7,400 bytes.
+    with pytest.raises(ConfigError, match=r"replay.capacity = 100,000,000 transitions of 7,399 bytes needs 689.1 GiB"):
+        plan("--obs", "pixels", "--set", "replay.capacity=100000000")

@@ -1,0 +1,234 @@
+"""Frame-at-a-time replay (actors/frames.py -> replay_server/frames.py) against a naive
+store of whole stacks, on random episodes: every stored transition's observation and next
+observation are rebuilt byte for byte, at episode starts, n-step ends, truncations,
+keyframes, two actors' interleaved streams, frame-ring wrap-around and after a snapshot."""
+import numpy as np
+import pytest
+
+from qfleet.actors.frames import FrameEncoder, frame_messages
+from qfleet.actors.nstep import NStepAdder
+from qfleet.common import messages as m
+from qfleet.common.codec import decode
+from qfleet.common.errors import RequestError
+from qfleet.replay_server import frames as frame_store
+from qfleet.replay_server.rate_limiter import RateLimiter
+from qfleet.replay_server.table import Table
+
+K, H, W = 4, 6, 5
+SHAPE = (K, H, W)
+
+
+class SimActor:
+    """Random stacked-frame episodes for `envs` environments (resets draw a fresh stack, as
+    an env padding its first stack with anything), seen by both the frame path and a naive
+    adder of whole stacks."""
+
+    def __init__(self, index: int, envs: int, seed: int, keyframe_every: int = 9, n: int = 3):
+        self.index, self.envs = index, envs
+        self.rng = np.random.default_rng(seed)
+        self.encoder = FrameEncoder(envs, SHAPE, keyframe_every=keyframe_every)
+        self.ids_adder = NStepAdder(num_envs=envs, n=n, gamma=0.9, obs_shape=(), obs_dtype=np.int64)
+        self.naive_adder = NStepAdder(num_envs=envs, n=n, gamma=0.9, obs_shape=SHAPE, obs_dtype=np.uint8)
+        self.obs = self._fresh(envs)
+        self.ids = self.encoder.encode(self.obs)
+        self.done_prev = np.zeros(envs, bool)
+        self.stream = 1000 + index
+
+    def _fresh(self, count: int) -> np.ndarray:
+        return self.rng.integers(0, 256, (count, *SHAPE), dtype=np.uint8)
+
+    def steps(self, count: int) -> tuple[list[dict], list[dict]]:
+        """`count` vector steps: (frame-path steps for frame_messages, naive transitions per step)."""
+        frame_steps, naive = [], []
+        for _ in range(count):
+            new = self.rng.integers(0, 256, (self.envs, 1, H, W), dtype=np.uint8)
+            if self.rng.random() < 0.1:  # a static screen: the new frame repeats the last one
+                new[:] = self.obs[:, -1:]
+            nxt = np.concatenate([self.obs[:, 1:], new], axis=1)
+            nxt[self.done_prev] = self._fresh(int(self.done_prev.sum()))  # NEXT_STEP autoreset
+            valid = ~self.done_prev
+            terminated = self.rng.random(self.envs) < 0.06
+            truncated = ~terminated & (self.rng.random(self.envs) < 0.03)
+            reward = self.rng.normal(size=self.envs).astype(np.float32)
+            action = self.rng.integers(0, 3, self.envs).astype(np.int32)
+            next_ids = self.encoder.encode(nxt)
+            out = self.ids_adder.add(self.ids, action, reward, next_ids, terminated, truncated, valid)
+            naive.append(self.naive_adder.add(self.obs, action, reward, nxt, terminated, truncated, valid))
+            first, frames, links = self.encoder.take()
+            frame_steps.append({"frame_first": first, "frames": frames, "frame_prev": links, **out})
+            self.done_prev = (terminated | truncated) & valid
+            self.obs, self.ids = nxt, next_ids
+        return frame_steps, naive
+
+    def messages(self, count: int, max_transitions: int = 40) -> list[tuple[m.InsertFrames, dict]]:
+        """Insert messages for `count` steps, each with the naive transitions it carries."""
+        frame_steps, naive = self.steps(count)
+        msgs = list(frame_messages(frame_steps, actor_id=self.index, seq=0, version=0, stream=self.stream,
+                                   max_transitions=max_transitions, max_frames=max_transitions))
+        out, at = [], 0
+        for msg in msgs:  # whole steps per message, in order (steps without transitions add no rows)
+            rows, n = [], 0
+            while n < len(msg.action):
+                rows.append(naive[at])
+                n += len(naive[at]["action"])
+                at += 1
+            out.append((msg, {k: np.concatenate([r[k] for r in rows]) if rows else naive[0][k][:0]
+                              for k in m.TRANSITION_FIELDS}))
+        return out
+
+
+def make_table(capacity: int, prioritized: bool = False) -> Table:
+    limiter = RateLimiter(min_size_to_sample=1, samples_per_insert=0, error_buffer=1,
+                          max_insert_batch=1 << 20, max_sample_batch=1 << 20)
+    return Table(capacity=capacity, obs_shape=SHAPE, obs_dtype=np.uint8, num_actions=3, prioritized=prioritized,
+                 alpha=0.6, limiter=limiter, frames=True)
+
+
+def insert_all(table: Table, actors: list[SimActor], rounds: int, steps_per_round: int) -> dict[int, dict]:
+    """Interleave the actors' messages into `table`; returns key -> naive transition."""
+    by_key: dict[int, dict] = {}
+    for _ in range(rounds):
+        for actor in actors:
+            for msg, naive in actor.messages(steps_per_round):
+                first, stored = table.insert_frames(msg)
+                assert stored == len(msg.action), "every frame was sent: nothing may be missing"
+                for i in range(stored):
+                    by_key[first + i] = {k: v[i] for k, v in naive.items()}
+    return by_key
+
+
+def assert_live_match(table: Table, by_key: dict[int, dict]) -> int:
+    store = table.storage
+    keys = np.arange(store.oldest, store.inserted)
+    got = store.gather(keys % store.capacity)
+    for i, key in enumerate(keys):
+        for field in m.TRANSITION_FIELDS:
+            assert np.array_equal(got[field][i], by_key[int(key)][field]), (int(key), field)
+    return len(keys)
+
+
+def test_stacks_are_rebuilt_exactly_across_episodes_and_actors():
+    table = make_table(capacity=5000)
+    actors = [SimActor(0, envs=3, seed=1), SimActor(1, envs=2, seed=2)]
+    by_key = insert_all(table, actors, rounds=6, steps_per_round=25)
+    assert table.size == len(by_key) > 500
+    assert assert_live_match(table, by_key) == len(by_key)
+    # Episode ends happened (terminal and truncated), and frames were shared: fewer frames
+    # than transitions x 2k, close to one per step.
+    discounts = np.array([t["discount"] for t in by_key.values()])
+    assert (discounts == 0).any() and (discounts > 0.9 ** 3 + 1e-6).any()  # terminal; truncated (g^m, m < n)
+    assert table.storage.frames_written < 1.6 * len(by_key)
+
+
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_wrap_around_evicts_transitions_before_their_frames(monkeypatch, prioritized):
+    # No spare frames: the frame ring (capacity + capacity/25) wraps before the transition
+    # ring does, so transitions leave because their frames are overwritten.
+    monkeypatch.setattr(frame_store, "FRAME_MARGIN", 0)
+    table = make_table(capacity=300, prioritized=prioritized)
+    actors = [SimActor(0, envs=4, seed=3, keyframe_every=5), SimActor(1, envs=3, seed=4)]
+    by_key = insert_all(table, actors, rounds=12, steps_per_round=20)
+    store = table.storage
+    assert store.frames_written > 3 * store.num_frames, "the frame ring wrapped several times"
+    assert store.oldest > store.inserted - store.capacity, "frames, not capacity, evicted the oldest"
+    assert 0 < table.size <= store.capacity
+    assert assert_live_match(table, by_key) == table.size
+    # Sampling never returns an evicted transition, and what it returns is the naive one.
+    batch = table.sample(64, beta=0.4, num_batches=8)
+    assert (batch["keys"] >= store.oldest).all() and (batch["keys"] < store.inserted).all()
+    for i, key in enumerate(batch["keys"]):
+        assert np.array_equal(batch["obs"][i], by_key[int(key)]["obs"])
+        assert np.array_equal(batch["next_obs"][i], by_key[int(key)]["next_obs"])
+    if prioritized:
+        leaves = table.tree.state()
+        live_slots = np.arange(store.oldest, store.inserted) % store.capacity
+        dead = np.ones(store.capacity, bool)
+        dead[live_slots] = False
+        assert (leaves[dead] == 0).all() and (leaves[live_slots] > 0).all()
+        assert table.update_priorities(np.array([store.oldest - 1, store.oldest]), np.array([5.0, 5.0],
+                                                                                             np.float32)) == 1
+
+
+def test_snapshot_round_trip_and_streams_after_a_restore():
+    table = make_table(capacity=2000, prioritized=True)
+    actor = SimActor(0, envs=3, seed=5, keyframe_every=6)
+    by_key = insert_all(table, [actor], rounds=4, steps_per_round=20)
+    restored = make_table(capacity=2000, prioritized=True)
+    restored.load({k: np.array(v) for k, v in table.state().items()})
+    assert restored.size == table.size and restored.total_priority == pytest.approx(table.total_priority)
+    assert assert_live_match(restored, by_key) == table.size
+    # The actor goes on: its next stacks continue frames the restored server never saw the
+    # numbers of, so those transitions are dropped and counted until each env's whole stack.
+    dropped = 0
+    for msg, naive in actor.messages(20):
+        first, stored = restored.insert_frames(msg)
+        dropped += len(msg.action) - stored
+        by_key.update({first + i: {k: v[i] for k, v in naive.items()}
+                       for i in range(stored)} if stored == len(msg.action) else {})
+    assert dropped > 0 and restored.storage.frames_missing == dropped
+    later = actor.messages(10)
+    for msg, naive in later:  # keyframes every 6 steps: everything resolves again
+        first, stored = restored.insert_frames(msg)
+        assert stored == len(msg.action)
+        by_key.update({first + i: {k: v[i] for k, v in naive.items()} for i in range(stored)})
+    keys = np.arange(restored.storage.inserted - sum(len(x.action) for x, _ in later), restored.storage.inserted)
+    got = restored.storage.gather(keys % restored.storage.capacity)
+    for i, key in enumerate(keys):
+        assert np.array_equal(got["obs"][i], by_key[int(key)]["obs"])
+
+
+def test_whole_stacks_go_into_a_frame_table_too():
+    table = make_table(capacity=100)
+    rng = np.random.default_rng(0)
+    obs, nxt = (rng.integers(0, 256, (10, *SHAPE), dtype=np.uint8) for _ in range(2))
+    batch = {"obs": obs, "next_obs": nxt, "action": np.ones(10, np.int32), "reward": np.zeros(10, np.float32),
+             "discount": np.full(10, 0.9, np.float32)}
+    table.insert(batch)
+    table.insert(batch)
+    got = table.storage.gather(np.arange(20) % 100)
+    assert np.array_equal(got["obs"], np.concatenate([obs, obs])) and np.array_equal(got["next_obs"][10:], nxt)
+
+
+def test_links_that_cannot_be_right_are_refused_and_nothing_is_stored():
+    table = make_table(capacity=100)
+    actor = SimActor(0, envs=2, seed=6)
+    (msg, _), *_ = actor.messages(5)
+    before = (table.size, table.storage.frames_written)
+    bad = [msg._replace(obs_frame=msg.obs_frame + 10_000),                       # a frame never sent
+           msg._replace(frame_prev=np.arange(len(msg.frames)) + msg.frame_first),  # links to itself
+           msg._replace(frame_prev=msg.frame_prev[:-1]),                          # links and frames disagree
+           msg._replace(action=np.full_like(msg.action, 7))]                      # a bad action
+    for wrong in bad:
+        with pytest.raises(RequestError):
+            table.insert_frames(wrong)
+        assert (table.size, table.storage.frames_written) == before
+    table.insert_frames(msg)
+    with pytest.raises(RequestError, match="restart"):
+        table.insert_frames(msg)  # the same numbers again within one stream
+
+
+def test_the_wire_carries_each_new_frame_once():
+    actor = SimActor(0, envs=8, seed=7, keyframe_every=10_000)
+    actor.messages(5)  # past the first whole stacks
+    msgs = actor.messages(40, max_transitions=10_000)
+    frames = sum(len(msg.frames) for msg, _ in msgs)
+    transitions = sum(len(msg.action) for msg, _ in msgs)
+    episodes = sum(int((naive["discount"] == 0).sum()) for _, naive in msgs)  # about one whole stack each
+    assert frames <= 40 * 8 + (K - 1) * 2 * (episodes + 8), (frames, transitions, episodes)
+    schemas = m.replay_schemas(SHAPE, np.uint8)
+    msg = msgs[0][0]
+    wire = m.pack(schemas[m.INSERT_FRAMES], msg)
+    back = m.unpack(m.InsertFrames, decode(wire, schemas))
+    assert np.array_equal(back.frames, msg.frames) and np.array_equal(back.next_frame, msg.next_frame)
+    frame_bytes = sum(len(memoryview(f)) for f in wire if len(memoryview(f)) >= H * W)
+    assert frame_bytes < len(msg.frames) * H * W + 64 * len(msg.action) + 4096
+
+
+def test_atari_sized_transitions_fit_the_target():
+    # 84x84x4 Atari stacks: <= 7.5 KB per stored transition (one frame is 7,056 bytes).
+    per = frame_store.stored_bytes(1_000_000, (4, 84, 84)) / 1_000_000
+    assert 7_056 < per <= 7_500, per
+    table = Table(capacity=2_000, obs_shape=(4, 84, 84), obs_dtype=np.uint8, num_actions=6, prioritized=True,
+                  alpha=0.6, limiter=RateLimiter(min_size_to_sample=1, samples_per_insert=0, error_buffer=1,
+                                                 max_insert_batch=4096, max_sample_batch=4096), frames=True)
+    assert table.storage.nbytes == frame_store.stored_bytes(2_000, (4, 84, 84))
