@@ -257,20 +257,20 @@ class FrameStore:
 
     # -- snapshots -----------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:
+        """The table without its frames, which replay_server/frame_files.py writes in chunks."""
         used = self.slots_in_use()
-        return {"frames": self.frames, "frame_prev": self.frame_prev,
+        return {"frame_shape": np.array(self.frame_shape, np.int64), "frame_prev": self.frame_prev,
                 "frames_written": np.int64(self.frames_written), "oldest": np.int64(self.oldest),
                 "data.obs_slots": self.obs_slots[:used], "data.next_slots": self.next_slots[:used],
                 "data.floor": self.floor[:used], "frames_missing": np.int64(self.frames_missing),
                 **{f"data.{k}": v[:used] for k, v in self.arrays.items()}}
 
     def load(self, state: dict[str, np.ndarray], inserted: int) -> None:
-        """Restore from `state()` (the caller checked shapes). Actor streams are not kept: a
-        transition whose stack began before the snapshot is dropped until each environment's
-        next full stack (actors send one at every episode start and periodically)."""
-        if state["frames"].shape != self.frames.shape:
-            raise ValueError(f"snapshot frame ring {state['frames'].shape} != this table's {self.frames.shape}")
-        self.frames[:], self.frame_prev[:] = state["frames"], state["frame_prev"]
+        """Restore from `state()` (the caller checked shapes, and puts the frames back). Actor
+        streams are not kept: a transition whose stack began before the snapshot is dropped
+        until each environment's next whole stack (actors send one at every episode start
+        and periodically)."""
+        self.frame_prev[:] = state["frame_prev"]
         self.frames_written, self.oldest = int(state["frames_written"]), int(state["oldest"])
         self.frames_missing = int(state["frames_missing"])
         used = len(state["data.floor"])
@@ -280,3 +280,7 @@ class FrameStore:
             store[:used] = state[f"data.{k}"]
         self.inserted = inserted
         self._streams.clear()
+
+    def forget_frames_below(self, lowest: int) -> None:
+        """Frames with ids below `lowest` could not be restored: their transitions leave."""
+        self._evict_below(lowest)

@@ -58,7 +58,7 @@ def reshard(replay: Path, old: int, new: int, capacity: int, ratio: Ratio) -> Re
     if not found:
         raise CheckpointError(f"{replay} has no readable replay snapshot to redistribute")
     states, metas = zip(*found)
-    if any("frames" in state for state in states):
+    if any("frame_shape" in state for state in states):
         raise CheckpointError(f"the replay snapshots under {replay} store frames (replay.frames), which "
                               f"cannot be redistributed over another shard count; resume with replay.shards = {old}")
     shard, slot = _age_order(states)

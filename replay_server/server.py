@@ -85,6 +85,8 @@ class ReplayServer:
         if self._pull in events and self._held_insert is None:
             self._drain(self._pull, self._handle_insert)
         self._serve_waiting()
+        if self.snapshots:
+            self.snapshots.keep_up(self.table)
         if self.snapshot_every_s and self.snapshots and time.monotonic() - self._last_snapshot >= self.snapshot_every_s:
             self.snapshot()
 

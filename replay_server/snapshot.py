@@ -16,6 +16,7 @@ import numpy as np
 
 from qfleet.common.errors import CheckpointError
 from qfleet.common.files import HEADER_KEY, write_npz_atomic
+from qfleet.replay_server.frame_files import FrameFiles
 from qfleet.replay_server.frames import FrameStore
 from qfleet.replay_server.table import Table
 
@@ -33,6 +34,7 @@ class SnapshotStore:
     def __init__(self, directory: str | Path, keep: int = 2):
         self.directory = Path(directory)
         self.keep = max(1, keep)
+        self.frame_files = FrameFiles(self.directory)  # a frame table's frames, in chunks
 
     def paths(self) -> list[Path]:
         """Existing snapshots, newest first."""
@@ -40,11 +42,19 @@ class SnapshotStore:
 
     def save(self, table: Table, meta: Optional[dict] = None) -> Path:
         """Write the table (and JSON `meta`, e.g. the server's counters) atomically."""
-        final = write_npz_atomic(self.directory / f"replay-{table.storage.inserted:015d}.npz", meta or {},
-                                 table.state())
+        state = table.state()
+        if isinstance(table.storage, FrameStore):
+            state.update(self.frame_files.save(table.storage))
+        final = write_npz_atomic(self.directory / f"replay-{table.storage.inserted:015d}.npz", meta or {}, state)
         for old in self.paths()[self.keep:]:
             old.unlink(missing_ok=True)
         return final
+
+    def keep_up(self, table: Table) -> None:
+        """Between snapshots: a frame table's filled chunks of frames go to disk as they fill,
+        so a snapshot (at a stop, too) writes only the newest chunk's frames."""
+        if isinstance(table.storage, FrameStore):
+            self.frame_files.keep_up(table.storage)
 
     def load_latest(self, table: Table) -> tuple[Optional[Path], dict]:
         """Restore the newest readable snapshot into `table`: (its path, its meta), or
@@ -63,6 +73,8 @@ class SnapshotStore:
                 continue
             _check_compatible(path, state, table)
             table.load(state)
+            if isinstance(table.storage, FrameStore):
+                table.forget_frames_below(self.frame_files.load(table.storage))
             return path, meta
         return None, {}
 
@@ -75,11 +87,13 @@ def check_newest(directory: str | Path, obs_shape: tuple, obs_dtype, capacity: i
         try:
             with zipfile.ZipFile(path) as z:
                 names = set(z.namelist())
-                saved_frames = "frames.npy" in names
-                shape, dtype = _array_header(z, "frames.npy" if saved_frames else "data.obs.npy")
+                saved_frames = "frame_shape.npy" in names
                 if saved_frames:
                     slots, _ = _array_header(z, "data.obs_slots.npy")
-                    shape = (shape[0], slots[1], *shape[1:])  # (frames, k, H, W): compare (k, H, W)
+                    with z.open("frame_shape.npy") as f:
+                        shape, dtype = (slots[0], slots[1], *np.lib.format.read_array(f).tolist()), np.uint8
+                else:
+                    shape, dtype = _array_header(z, "data.obs.npy")
                 with z.open("capacity.npy") as f:
                     saved_capacity = int(np.lib.format.read_array(f))
         except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError, IndexError) as exc:
@@ -115,10 +129,10 @@ def _frames_mismatch(path: Path, saved_frames: bool) -> str:
 
 def _check_compatible(path: Path, state: dict, table: Table) -> None:
     storage = table.storage
-    if ("frames" in state) != isinstance(storage, FrameStore):
-        raise CheckpointError(_frames_mismatch(path, "frames" in state))
-    if "frames" in state:
-        shape, dtype = (state["data.obs_slots"].shape[1], *state["frames"].shape[1:]), state["frames"].dtype
+    if ("frame_shape" in state) != isinstance(storage, FrameStore):
+        raise CheckpointError(_frames_mismatch(path, "frame_shape" in state))
+    if "frame_shape" in state:
+        shape, dtype = (state["data.obs_slots"].shape[1], *state["frame_shape"].tolist()), np.dtype(np.uint8)
     elif "data.obs" in state:
         shape, dtype = state["data.obs"].shape[1:], state["data.obs"].dtype
     else:

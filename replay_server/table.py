@@ -175,6 +175,11 @@ class Table:
         self.counts["priorities_stale"] += stale
         return stale
 
+    def forget_frames_below(self, lowest: int) -> None:
+        """A frame table restored without the frames below id `lowest` evicts their transitions."""
+        self.storage.forget_frames_below(lowest)
+        self._clear_evicted()
+
     def state(self) -> dict[str, np.ndarray]:
         """Everything needed to restore the table (for snapshots)."""
         state = self.storage.state()

@@ -10,8 +10,10 @@ from qfleet.actors.nstep import NStepAdder
 from qfleet.common import messages as m
 from qfleet.common.codec import decode
 from qfleet.common.errors import RequestError
+from qfleet.replay_server import frame_files
 from qfleet.replay_server import frames as frame_store
 from qfleet.replay_server.rate_limiter import RateLimiter
+from qfleet.replay_server.snapshot import SnapshotStore
 from qfleet.replay_server.table import Table
 
 K, H, W = 4, 6, 5
@@ -84,10 +86,12 @@ def make_table(capacity: int, prioritized: bool = False) -> Table:
                  alpha=0.6, limiter=limiter, frames=True)
 
 
-def insert_all(table: Table, actors: list[SimActor], rounds: int, steps_per_round: int) -> dict[int, dict]:
+def insert_all(table: Table, actors: list[SimActor], rounds: int, steps_per_round: int,
+               after_round=lambda: None) -> dict[int, dict]:
     """Interleave the actors' messages into `table`; returns key -> naive transition."""
     by_key: dict[int, dict] = {}
     for _ in range(rounds):
+        after_round()  # e.g. the server loop's snapshot upkeep between messages
         for actor in actors:
             for msg, naive in actor.messages(steps_per_round):
                 first, stored = table.insert_frames(msg)
@@ -149,12 +153,15 @@ def test_wrap_around_evicts_transitions_before_their_frames(monkeypatch, priorit
                                                                                              np.float32)) == 1
 
 
-def test_snapshot_round_trip_and_streams_after_a_restore():
+def test_snapshot_round_trip_and_streams_after_a_restore(tmp_path, monkeypatch):
+    monkeypatch.setattr(frame_files, "CHUNK_FRAMES", 64)
     table = make_table(capacity=2000, prioritized=True)
+    snapshots = SnapshotStore(tmp_path)
     actor = SimActor(0, envs=3, seed=5, keyframe_every=6)
-    by_key = insert_all(table, [actor], rounds=4, steps_per_round=20)
+    by_key = insert_all(table, [actor], rounds=4, steps_per_round=20, after_round=lambda: snapshots.keep_up(table))
+    snapshots.save(table)
     restored = make_table(capacity=2000, prioritized=True)
-    restored.load({k: np.array(v) for k, v in table.state().items()})
+    SnapshotStore(tmp_path).load_latest(restored)
     assert restored.size == table.size and restored.total_priority == pytest.approx(table.total_priority)
     assert assert_live_match(restored, by_key) == table.size
     # The actor goes on: its next stacks continue frames the restored server never saw the
@@ -163,8 +170,6 @@ def test_snapshot_round_trip_and_streams_after_a_restore():
     for msg, naive in actor.messages(20):
         first, stored = restored.insert_frames(msg)
         dropped += len(msg.action) - stored
-        by_key.update({first + i: {k: v[i] for k, v in naive.items()}
-                       for i in range(stored)} if stored == len(msg.action) else {})
     assert dropped > 0 and restored.storage.frames_missing == dropped
     later = actor.messages(10)
     for msg, naive in later:  # keyframes every 6 steps: everything resolves again
@@ -175,6 +180,34 @@ def test_snapshot_round_trip_and_streams_after_a_restore():
     got = restored.storage.gather(keys % restored.storage.capacity)
     for i, key in enumerate(keys):
         assert np.array_equal(got["obs"][i], by_key[int(key)]["obs"])
+
+
+def test_frames_go_to_disk_as_chunks_fill_and_a_snapshot_writes_only_the_last(tmp_path, monkeypatch):
+    monkeypatch.setattr(frame_files, "CHUNK_FRAMES", 50)
+    table = make_table(capacity=3000)
+    snapshots = SnapshotStore(tmp_path)
+    by_key = insert_all(table, [SimActor(0, envs=4, seed=8), SimActor(1, envs=2, seed=9)], rounds=5,
+                        steps_per_round=15, after_round=lambda: snapshots.keep_up(table))
+    snapshots.keep_up(table)  # as the server loop does after each turn
+    written = table.storage.frames_written
+    chunks = sorted((tmp_path / "frames").glob("chunk-*.npy"))
+    assert len(chunks) == written // 50, "every filled chunk is on disk before any snapshot"
+    snapshots.save(table)
+    partials = list((tmp_path / "frames").glob("partial-*.npy"))
+    assert len(partials) == (1 if written % 50 else 0) and len(list((tmp_path / "frames").glob("chunk-*"))) == len(chunks)
+    assert np.load(partials[0]).shape[0] == written % 50
+    # A lost chunk: the transitions that need its frames (or older ones) are dropped at the
+    # restore; every one kept is still exact.
+    chunks[2].unlink()
+    restored = make_table(capacity=3000)
+    SnapshotStore(tmp_path).load_latest(restored)
+    assert 0 < restored.size < table.size
+    assert restored.storage.oldest > table.storage.oldest
+    assert assert_live_match(restored, by_key) == restored.size
+    # A table that was not restored from this folder never reads its frames as its own.
+    fresh = make_table(capacity=3000)
+    SnapshotStore(tmp_path).keep_up(fresh)
+    assert not list((tmp_path / "frames").glob("*.npy"))
 
 
 def test_whole_stacks_go_into_a_frame_table_too():
