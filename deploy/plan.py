@@ -132,6 +132,8 @@ def _check_extras(cfg: QfleetConfig, net: NetSpec) -> None:
                  "learner.device = 'cuda'" if cfg.learner.device == "cuda" else None)
     if torch_for and not available("torch"):
         raise MissingExtraError(f"{torch_for} needs torch, which is not installed: pip install 'qfleet[torch]'")
+    if cfg.replay.frame_codec == "lz4" and not available("lz4"):
+        raise MissingExtraError("replay.frame_codec = 'lz4' needs lz4, which is not installed: pip install 'qfleet[atari]'")
     if cfg.run.backend == "ray" and not available("ray"):
         raise MissingExtraError("--backend ray needs ray, which is not installed: pip install 'qfleet[ray]'")
 

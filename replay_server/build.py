@@ -22,7 +22,8 @@ def build_replay_server(cfg: ReplayConfig, spec: EnvSpec, *, max_sample_batch: i
                           max_insert_batch=cfg.max_insert_batch, max_sample_batch=max_sample_batch)
     table = Table(capacity=cfg.capacity, obs_shape=spec.obs_shape, obs_dtype=spec.obs_dtype,
                   num_actions=spec.num_actions, prioritized=cfg.prioritized, alpha=cfg.alpha,
-                  limiter=limiter, seed=seed, frames=uses_frames(cfg.frames, spec.obs_shape, spec.obs_dtype))
+                  limiter=limiter, seed=seed, frames=uses_frames(cfg.frames, spec.obs_shape, spec.obs_dtype),
+                  frame_codec=cfg.frame_codec)
     snapshots = SnapshotStore(snapshot_dir) if snapshot_dir is not None else None
     return ReplayServer(table=table, host=host, insert_port=insert_port, request_port=request_port,
                         max_message_bytes=cfg.max_message_bytes, max_sample_batch=max_sample_batch,

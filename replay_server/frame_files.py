@@ -85,7 +85,7 @@ class FrameFiles:
                 break
             ids = np.arange(c * CHUNK_FRAMES, c * CHUNK_FRAMES + n)
             keep = ids >= written - store.num_frames
-            store.frames[ids[keep] % store.num_frames] = frames[keep]
+            store.put_frames(ids[keep], np.asarray(frames[keep]))
             lowest = int(ids[keep][0])
         self._written_to = chunk
         return lowest
@@ -98,7 +98,7 @@ class FrameFiles:
 
 
 def _frames(store: FrameStore, first_id: int, count: int) -> np.ndarray:
-    return store.frames[np.arange(first_id, first_id + count) % store.num_frames]
+    return store.read_frames(np.arange(first_id, first_id + count))
 
 
 def _save(path: Path, frames: np.ndarray) -> None:

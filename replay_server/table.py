@@ -26,12 +26,14 @@ COUNTS = ("stored", "sampled", "priorities_applied", "priorities_stale")
 
 class Table:
     def __init__(self, *, capacity: int, obs_shape: Sequence[int], obs_dtype: np.dtype, num_actions: int,
-                 prioritized: bool, alpha: float, limiter: RateLimiter, seed: int = 0, frames: bool = False):
+                 prioritized: bool, alpha: float, limiter: RateLimiter, seed: int = 0, frames: bool = False,
+                 frame_codec: str = "none"):
         if limiter.min_size_to_sample > capacity:
             raise ConfigError(f"min_size_to_sample = {limiter.min_size_to_sample} exceeds capacity = {capacity}: "
                              f"the learner would wait forever for data that cannot fit")
         # frames: stacked-frame observations stored a frame at a time (replay_server/frames.py)
-        self.storage = FrameStore(capacity, obs_shape, obs_dtype) if frames else RingBuffer(capacity, obs_shape, obs_dtype)
+        self.storage = (FrameStore(capacity, obs_shape, obs_dtype, frame_codec) if frames
+                        else RingBuffer(capacity, obs_shape, obs_dtype))
         self.tree = SumTree(capacity) if prioritized else None
         self.num_actions = num_actions
         self.alpha = alpha

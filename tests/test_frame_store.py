@@ -10,6 +10,7 @@ from qfleet.actors.nstep import NStepAdder
 from qfleet.common import messages as m
 from qfleet.common.codec import decode
 from qfleet.common.errors import RequestError
+from qfleet.common.extras import available
 from qfleet.replay_server import frame_files
 from qfleet.replay_server import frames as frame_store
 from qfleet.replay_server.rate_limiter import RateLimiter
@@ -79,11 +80,15 @@ class SimActor:
         return out
 
 
-def make_table(capacity: int, prioritized: bool = False) -> Table:
+def make_table(capacity: int, prioritized: bool = False, codec: str = "none") -> Table:
     limiter = RateLimiter(min_size_to_sample=1, samples_per_insert=0, error_buffer=1,
                           max_insert_batch=1 << 20, max_sample_batch=1 << 20)
     return Table(capacity=capacity, obs_shape=SHAPE, obs_dtype=np.uint8, num_actions=3, prioritized=prioritized,
-                 alpha=0.6, limiter=limiter, frames=True)
+                 alpha=0.6, limiter=limiter, frames=True, frame_codec=codec)
+
+
+NEEDS_LZ4 = pytest.mark.skipif(not available("lz4"), reason="lz4 is not installed")
+CODECS = ["none", pytest.param("lz4", marks=NEEDS_LZ4)]
 
 
 def insert_all(table: Table, actors: list[SimActor], rounds: int, steps_per_round: int,
@@ -111,8 +116,9 @@ def assert_live_match(table: Table, by_key: dict[int, dict]) -> int:
     return len(keys)
 
 
-def test_stacks_are_rebuilt_exactly_across_episodes_and_actors():
-    table = make_table(capacity=5000)
+@pytest.mark.parametrize("codec", CODECS)
+def test_stacks_are_rebuilt_exactly_across_episodes_and_actors(codec):
+    table = make_table(capacity=5000, codec=codec)
     actors = [SimActor(0, envs=3, seed=1), SimActor(1, envs=2, seed=2)]
     by_key = insert_all(table, actors, rounds=6, steps_per_round=25)
     assert table.size == len(by_key) > 500
@@ -124,12 +130,12 @@ def test_stacks_are_rebuilt_exactly_across_episodes_and_actors():
     assert table.storage.frames_written < 1.6 * len(by_key)
 
 
-@pytest.mark.parametrize("prioritized", [False, True])
-def test_wrap_around_evicts_transitions_before_their_frames(monkeypatch, prioritized):
+@pytest.mark.parametrize("prioritized,codec", [(False, "none"), (True, "none"), pytest.param(True, "lz4", marks=NEEDS_LZ4)])
+def test_wrap_around_evicts_transitions_before_their_frames(monkeypatch, prioritized, codec):
     # No spare frames: the frame ring (capacity + capacity/25) wraps before the transition
     # ring does, so transitions leave because their frames are overwritten.
     monkeypatch.setattr(frame_store, "FRAME_MARGIN", 0)
-    table = make_table(capacity=300, prioritized=prioritized)
+    table = make_table(capacity=300, prioritized=prioritized, codec=codec)
     actors = [SimActor(0, envs=4, seed=3, keyframe_every=5), SimActor(1, envs=3, seed=4)]
     by_key = insert_all(table, actors, rounds=12, steps_per_round=20)
     store = table.storage
@@ -153,14 +159,15 @@ def test_wrap_around_evicts_transitions_before_their_frames(monkeypatch, priorit
                                                                                              np.float32)) == 1
 
 
-def test_snapshot_round_trip_and_streams_after_a_restore(tmp_path, monkeypatch):
+@pytest.mark.parametrize("codec", CODECS)
+def test_snapshot_round_trip_and_streams_after_a_restore(tmp_path, monkeypatch, codec):
     monkeypatch.setattr(frame_files, "CHUNK_FRAMES", 64)
-    table = make_table(capacity=2000, prioritized=True)
+    table = make_table(capacity=2000, prioritized=True, codec=codec)
     snapshots = SnapshotStore(tmp_path)
     actor = SimActor(0, envs=3, seed=5, keyframe_every=6)
     by_key = insert_all(table, [actor], rounds=4, steps_per_round=20, after_round=lambda: snapshots.keep_up(table))
     snapshots.save(table)
-    restored = make_table(capacity=2000, prioritized=True)
+    restored = make_table(capacity=2000, prioritized=True, codec=codec)
     SnapshotStore(tmp_path).load_latest(restored)
     assert restored.size == table.size and restored.total_priority == pytest.approx(table.total_priority)
     assert assert_live_match(restored, by_key) == table.size
@@ -265,3 +272,30 @@ def test_atari_sized_transitions_fit_the_target():
                   alpha=0.6, limiter=RateLimiter(min_size_to_sample=1, samples_per_insert=0, error_buffer=1,
                                                  max_insert_batch=4096, max_sample_batch=4096), frames=True)
     assert table.storage.nbytes == frame_store.stored_bytes(2_000, (4, 84, 84))
+
+
+@NEEDS_LZ4
+def test_lz4_frames_take_a_fraction_of_the_memory_and_come_back_exact():
+    # Game-like frames: a flat background with a few objects (real Atari frames compress ~25x).
+    limiter = RateLimiter(min_size_to_sample=1, samples_per_insert=0, error_buffer=1,
+                          max_insert_batch=1 << 20, max_sample_batch=1 << 20)
+    plain, packed = (Table(capacity=1000, obs_shape=(4, 84, 84), obs_dtype=np.uint8, num_actions=6, prioritized=True,
+                           alpha=0.6, limiter=limiter, frames=True, frame_codec=codec) for codec in ("none", "lz4"))
+    rng = np.random.default_rng(0)
+    obs = np.full((200, 4, 84, 84), 87, np.uint8)
+    for i in range(200):
+        y, x = rng.integers(0, 76, 2)
+        obs[i, :, y:y + 8, x:x + 4] = 236
+    batch = {"obs": obs, "next_obs": obs[::-1].copy(), "action": np.zeros(200, np.int32),
+             "reward": np.zeros(200, np.float32), "discount": np.ones(200, np.float32)}
+    plain.insert(batch)
+    packed.insert(batch)
+    got = packed.storage.gather(np.arange(200))
+    assert np.array_equal(got["obs"], obs) and np.array_equal(got["next_obs"], obs[::-1])
+    store = packed.storage
+    per_frame = store.blob_bytes.sum() / store.frames_written
+    assert per_frame < 84 * 84 / 10, per_frame
+    # What the table reports holding counts those bytes, not the uncompressed frames.
+    arrays = plain.storage.nbytes - plain.storage.frames.nbytes
+    held = store.nbytes - arrays - store.blobs.nbytes - store.blob_bytes.nbytes
+    assert held == store.blob_bytes.sum() + store.frames_written * 33

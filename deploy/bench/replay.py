@@ -1,4 +1,5 @@
-"""`qfleet bench replay`: ingest, sampling and memory of a real replay server process.
+"""`qfleet bench replay`: ingest, sampling and memory of a real replay server process
+(--obs atari: 84x84x4 Atari stacks stored a frame at a time, deploy/bench/replay_frames.py).
 
 Setup: one server process with a prioritized table of `--capacity` (1M) CartPole-sized
 transitions and the rate limiter off. Ingest: 1, 2 and 4 pusher processes send batched
@@ -26,6 +27,11 @@ OBS_SHAPE = (4,)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from qfleet.deploy.bench import replay_frames
+
+    p.add_argument("--obs", choices=("vector", "atari"), default="vector",
+                   help="vector: CartPole-sized transitions; atari: 84x84x4 stacks stored a frame at a time "
+                        "(deploy/bench/replay_frames.py; needs the atari extra)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--capacity", type=int, default=1_000_000)
     p.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
@@ -36,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-flight", type=int, default=4, help="sample requests kept open")
     p.add_argument("--batches-per-request", type=int, default=4,
                    help="batches per sample request (the learner's learner.batches_per_request)")
+    replay_frames.add_arguments(p.add_argument_group("--obs atari"))
 
 
 def resident_bytes(arrays) -> int:
@@ -149,6 +156,10 @@ def _measure_sampling(client, args) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from qfleet.replay_server.client import ReplayClient
+
+    if args.obs == "atari":
+        from qfleet.deploy.bench import replay_frames
+        return replay_frames.run(args)
 
     ctx = mp.get_context("spawn")
     ready, stop, measure, measured = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue()
