@@ -123,7 +123,7 @@ def test_the_committed_configs_load(name):
 @pytest.mark.slow
 def test_a_pong_run_through_the_preset_trains_and_its_checkpoint_plays(qfleet_cmd, tmp_path):
     """The whole system on ALE/Pong-v5 with the preset: the actor's native vector env, the
-    Nature CNN on (4, 84, 84) uint8 stacks, a checkpoint that records the preset, qfleet
+    Nature CNN on (4, 84, 84) uint8 stacks sent and stored a frame at a time (lz4), a checkpoint that records the preset, qfleet
     eval playing it, and --gif refused before any episode (not built for the preset)."""
     import json
     import subprocess
@@ -135,12 +135,18 @@ def test_a_pong_run_through_the_preset_trains_and_its_checkpoint_plays(qfleet_cm
                                        "--max-seconds", "600", "--set", "run.max_updates=20",
                                        "--set", "run.stop_when_solved=false", "--set", "learner.batch_size=32",
                                        "--set", "replay.min_size_to_sample=200", "--set", "replay.capacity=2000",
+                                       "--set", "replay.frame_codec=lz4",
                                        "--run-dir", str(tmp_path), "--name", "run"],
                          capture_output=True, text=True, env=python_env(), timeout=660)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Atari preset (common/atari.py): stacks of 4 84x84 grey frames" in out.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["reason"] == "update budget reached" and summary["replay"]["rejected"] == 0, summary
+    # Frames went over the wire once each and are stored lz4-compressed: well under one raw
+    # 84x84 frame (7,056 B) per stored transition even at this small capacity.
+    replay = summary["replay"]
+    assert replay["frames_missing"] == 0 and replay["stored"] >= 200
+    assert replay["bytes_per_transition"] < 7_056, replay["bytes_per_transition"]
     saved = load_policy(tmp_path / "run")
     assert (saved.spec.torso, saved.spec.obs_shape, saved.env_preset) == ("nature", (4, 84, 84), "atari")
     played = subprocess.run(qfleet_cmd + ["eval", str(tmp_path / "run"), "--episodes", "1"], capture_output=True,
