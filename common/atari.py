@@ -31,6 +31,10 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+import numpy as np
+
+from qfleet.common.errors import EnvironmentSpecError
+
 # The preset's settings for AtariVectorEnv; keys that run.env_kwargs may override.
 PRESET: dict[str, Any] = {
     "noop_max": 30,
@@ -81,3 +85,44 @@ def make_atari_vec(env_id: str, num_envs: int, env_kwargs: Mapping[str, Any], nu
     from ale_py.vector_env import AtariVectorEnv
 
     return AtariVectorEnv(game_of(env_id), num_envs, num_threads=num_threads, **preset_kwargs(env_kwargs))
+
+
+SCREEN = {"grayscale": False, "img_height": 210, "img_width": 160, "stack_num": 1}  # the 2600's own frame
+
+
+class RecordedAtariVec:
+    """The preset's vector env for the policy, plus a twin that plays the same games in
+    colour at the console's 210x160, for recording (`qfleet eval --gif`). Both are reset
+    with the same seed and given the same actions; the emulator, its no-op starts and
+    sticky actions draw the same randomness whatever the observation type, so the twin
+    shows exactly the frames the policy saw (max-pooled like them). A divergence (rewards
+    or episode ends that differ) is an error, never a silently wrong GIF."""
+
+    def __init__(self, env_id: str, num_envs: int, env_kwargs: Mapping[str, Any]):
+        self.env = make_atari_vec(env_id, num_envs, env_kwargs)
+        self.twin = make_atari_vec(env_id, num_envs, {**env_kwargs, **SCREEN})
+        self.num_envs = num_envs
+        self._screens = None
+
+    def reset(self, seed=None):
+        obs, info = self.env.reset(seed=seed)
+        screens, _ = self.twin.reset(seed=seed)
+        self._screens = screens[:, -1]
+        return obs, info
+
+    def step(self, actions):
+        out = self.env.step(actions)
+        screens, reward, terminated, truncated, _ = self.twin.step(actions)
+        if not (np.array_equal(out[1], reward) and np.array_equal(out[2], terminated)
+                and np.array_equal(out[3], truncated)):
+            raise EnvironmentSpecError("the colour copy recording this Atari game diverged from the one the policy "
+                                       "plays; record without --gif, or with run.preset: none")
+        self._screens = screens[:, -1]
+        return out
+
+    def render(self) -> list:
+        return list(self._screens)
+
+    def close(self) -> None:
+        self.env.close()
+        self.twin.close()

@@ -198,10 +198,9 @@ def make_vec_env(env: str | EnvSpec, num_envs: int, pixels: Optional[PixelConfig
     is a reset step whose output is not a transition. With `pixels`, observations are
     stacked frames (`common.pixel_env`)."""
     if isinstance(env, EnvSpec) and env.preset == "atari":
-        if render_mode is not None:
-            raise EnvironmentSpecError(f"recording {env.env_id} played through the Atari preset is not built yet "
-                                       "(its native vector env renders no frames)")
         register_namespace(env.env_id)  # a missing ale-py is named with its pip command in every process
+        if render_mode is not None:  # recording: a colour twin shows the console's own frames
+            return atari.RecordedAtariVec(env.env_id, num_envs, env.kwargs)
         return atari.make_atari_vec(env.env_id, num_envs, env.kwargs)
     if isinstance(env, EnvSpec):
         env, pixels, env_kwargs = env.env_id, env.pixels, env.kwargs

@@ -124,7 +124,7 @@ def test_the_committed_configs_load(name):
 def test_a_pong_run_through_the_preset_trains_and_its_checkpoint_plays(qfleet_cmd, tmp_path):
     """The whole system on ALE/Pong-v5 with the preset: the actor's native vector env, the
     Nature CNN on (4, 84, 84) uint8 stacks sent and stored a frame at a time (lz4), a checkpoint that records the preset, qfleet
-    eval playing it, and --gif refused before any episode (not built for the preset)."""
+    eval playing it, and a GIF of the console's own colour frames."""
     import json
     import subprocess
 
@@ -152,6 +152,36 @@ def test_a_pong_run_through_the_preset_trains_and_its_checkpoint_plays(qfleet_cm
     played = subprocess.run(qfleet_cmd + ["eval", str(tmp_path / "run"), "--episodes", "1"], capture_output=True,
                             text=True, env=python_env(), timeout=300)
     assert played.returncode == 0 and "greedy return over 1 episode(s)" in played.stdout, played.stdout + played.stderr
-    gif = subprocess.run(qfleet_cmd + ["eval", str(tmp_path / "run"), "--gif", str(tmp_path / "p.gif")],
-                         capture_output=True, text=True, env=python_env(), timeout=120)
-    assert gif.returncode == 2 and "not built yet" in gif.stderr and "greedy return" not in gif.stdout
+    gif = subprocess.run(qfleet_cmd + ["eval", str(tmp_path / "run"), "--episodes", "1", "--gif", str(tmp_path / "p.gif"),
+                                       "--gif-episodes", "1", "--gif-max-frames", "40"],
+                         capture_output=True, text=True, env=python_env(), timeout=300)
+    assert gif.returncode == 0 and "gif: " in gif.stdout and "40 frames of 160x210" in gif.stdout, gif.stdout + gif.stderr
+    from PIL import Image
+    with Image.open(tmp_path / "p.gif") as img:  # the console's colour frames, not the agent's grey 84x84
+        assert img.size == (160, 210) and img.n_frames > 1 and img.convert("RGB").getcolors(1 << 16) is not None
+        colours = {c for _, c in img.convert("RGB").getcolors(1 << 16)}
+        assert any(len({r, g, b}) > 1 for r, g, b in colours), "a colour frame"
+
+
+@needs_ale
+def test_the_recording_twin_plays_exactly_the_policys_game():
+    """qfleet eval --gif on the preset: a colour copy at 210x160 stepped in lockstep with
+    the grey one the policy sees; same rewards and episode ends, the same screen."""
+    from PIL import Image
+
+    from qfleet.common.atari import RecordedAtariVec
+
+    env = RecordedAtariVec("ALE/Pong-v5", 2, {})
+    rng = np.random.default_rng(0)
+    try:
+        obs, _ = env.reset(seed=5)
+        scored = 0.0
+        for _ in range(1500):
+            obs, reward, terminated, truncated, _ = env.step(rng.integers(0, 6, 2))
+            scored += np.abs(reward).sum()
+        screens = env.render()
+    finally:
+        env.close()
+    assert scored > 0 and len(screens) == 2 and screens[0].shape == (210, 160, 3)
+    grey = np.asarray(Image.fromarray(screens[0]).convert("L").resize((84, 84), Image.BILINEAR), float)
+    assert np.corrcoef(grey.ravel(), obs[0, -1].ravel().astype(float))[0, 1] > 0.99

@@ -64,9 +64,6 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"checkpoint {args.checkpoint}: {exc}") from None
     env = describe_env(saved.env, pixels=saved.pixels, env_kwargs=saved.env_kwargs, preset=saved.env_preset)
     check_env_fits(saved.spec, env.obs_shape, args.checkpoint)  # the network comes from the checkpoint's spec
-    if args.gif and env.preset == "atari":  # say so before playing, not after
-        raise ConfigError(f"--gif: recording {env.env_id} played through the Atari preset is not built yet "
-                          "(its native vector env renders no frames); evaluate without --gif")
     trained = saved.meta.get("policy_eval")
     print(f"qfleet eval: {env.env_id}, {saved.spec.describe()}, weights from {args.checkpoint}"
           + (f" (scored {trained['mean']:.1f} over {trained['episodes']} episodes in training, v{trained['version']})"
