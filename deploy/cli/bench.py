@@ -13,6 +13,8 @@ BENCHMARKS = {
     "pixels": ("qfleet.deploy.bench.pixels", "frames/s per actor with the stock and fast renderers, their agreement, "
                "replay bytes per transition"),
     "soak": ("qfleet.deploy.bench.soak", "a long run: memory and open files of every process must not grow"),
+    "atari-envs": ("qfleet.deploy.bench.atari_envs", "emulator frames per CPU-second: ale-py's native vector env "
+                   "against gymnasium's Atari wrappers"),
     "scaling": ("qfleet.deploy.bench.scaling", "throughput, lag and CPU of the full system against the number of actors"),
 }
 
