@@ -25,19 +25,18 @@ says so.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from qfleet.common.errors import MissingExtraError, RequestError
+from qfleet.common.errors import RequestError
 from qfleet.common.messages import is_frame_stack
+from qfleet.replay_server.frame_codec import BYTES_OBJECT_HEADER, FrameCodec
+from qfleet.replay_server.frame_streams import Stream, Streams
 from qfleet.replay_server.storage import ring_spans
 
 FRAME_SLACK = 25          # F = capacity + capacity // FRAME_SLACK + FRAME_MARGIN
 FRAME_MARGIN = 4096
-STREAM_WINDOW = 1 << 15   # an actor's frames a new message may still refer to (per stream)
-MAX_STREAMS = 256         # actor streams remembered (a restarted actor starts a new one)
 
 
 def frame_capacity(capacity: int) -> int:
@@ -54,58 +53,6 @@ def stored_bytes(capacity: int, obs_shape: Sequence[int]) -> int:
     k, frame = obs_shape[0], int(np.prod(obs_shape[1:]))
     per_slot = 2 * k * 4 + 8 + 3 * 4   # frame slots of both stacks, floor, action/reward/discount
     return frame_capacity(capacity) * (frame + 8) + capacity * per_slot
-
-
-BYTES_OBJECT_HEADER = 33  # sys.getsizeof(b"") on CPython: what each compressed frame costs beyond its payload
-
-
-class FrameCodec:
-    """lz4 blocks for single frames (every frame has the same size, so no header is kept):
-    ~2.5 us to compress an 84x84 frame and ~2.5 us to decompress one here, 5x faster to
-    decompress than lz4's frame format (docs/bench/replay-atari.json)."""
-
-    def __init__(self, name: str, frame_shape: tuple):
-        if name != "lz4":
-            raise ValueError(f"unknown frame codec {name!r}; use 'none' or 'lz4'")
-        try:
-            import lz4.block
-        except ImportError:
-            raise MissingExtraError("replay.frame_codec = 'lz4' needs lz4, which is not installed: "
-                                    "pip install 'qfleet[atari]' (or pip install lz4)") from None
-        self._block = lz4.block
-        self.frame_shape = frame_shape
-        self.frame_bytes = int(np.prod(frame_shape))
-
-    def compress(self, frames: np.ndarray) -> np.ndarray:
-        out = np.empty(len(frames), object)
-        out[:] = [self._block.compress(f.tobytes(), store_size=False) for f in frames]
-        return out
-
-    def decompress(self, blobs: np.ndarray) -> np.ndarray:
-        size, decompress = self.frame_bytes, self._block.decompress
-        flat = b"".join(decompress(b, uncompressed_size=size) for b in blobs)
-        return np.frombuffer(flat, np.uint8).reshape(len(blobs), *self.frame_shape)
-
-
-class _Stream:
-    """One actor process's frame numbers -> frame ids, for its newest STREAM_WINDOW frames."""
-
-    def __init__(self):
-        self.local = np.full(STREAM_WINDOW, -1, np.int64)
-        self.frame_id = np.zeros(STREAM_WINDOW, np.int64)
-        self.next_local = 0
-
-    def lookup(self, local: np.ndarray) -> np.ndarray:
-        """Frame ids of earlier frames by their actor numbers; -1 where unknown (too old, or
-        sent before this server started)."""
-        slot = local % STREAM_WINDOW
-        return np.where(self.local[slot] == local, self.frame_id[slot], -1)
-
-    def record(self, first_local: int, first_id: int, count: int) -> None:
-        local = np.arange(first_local, first_local + count, dtype=np.int64)
-        self.local[local % STREAM_WINDOW] = local
-        self.frame_id[local % STREAM_WINDOW] = np.arange(first_id, first_id + count, dtype=np.int64)
-        self.next_local = first_local + count
 
 
 class FrameStore:
@@ -138,7 +85,7 @@ class FrameStore:
         self.inserted = 0   # transitions ever stored (keys 0 .. inserted - 1)
         self.oldest = 0     # oldest live key
         self.frames_missing = 0  # transitions dropped: a frame of theirs was never received or is gone
-        self._streams: OrderedDict[tuple[int, int], _Stream] = OrderedDict()
+        self._streams = Streams()
 
     # -- sizes -------------------------------------------------------------------------
     @property
@@ -177,7 +124,7 @@ class FrameStore:
         and next observation stacks ((n, k) each, oldest first) and the mask of transitions
         whose frames are all here. RequestError (nothing stored) for links that cannot be
         right: to frames not sent yet, or numbers below an earlier message's."""
-        m, k = len(frames), self.stack
+        m = len(frames)
         if len(prev_local) != m:
             raise RequestError("bad_frames", f"{m} frames but {len(prev_local)} frame links")
         key = (int(actor_id), int(stream))
@@ -190,8 +137,8 @@ class FrameStore:
         for refs in (obs_local, next_local):
             if len(refs) and not ((refs >= 0) & (refs < first_local + m)).all():
                 raise RequestError("bad_frame_ref", "a transition refers to a frame that was not sent")
-        stream_map = known or _Stream()
-        self._remember(key, stream_map)
+        stream_map = known or Stream()
+        self._streams.remember(key, stream_map)
         first_id = self.frames_written
 
         def to_ids(local: np.ndarray) -> np.ndarray:
@@ -214,15 +161,9 @@ class FrameStore:
         frames = np.concatenate([obs, next_obs]).reshape(2 * n * k, *self.frame_shape)
         local = np.arange(2 * n * k, dtype=np.int64).reshape(2 * n, k)
         prev = np.where(np.arange(k) == 0, -1, local - 1).reshape(-1)
-        first = self._streams[(-1, -1)].next_local if (-1, -1) in self._streams else 0
+        first = self._streams.next_local((-1, -1))
         return self.add_frames(-1, -1, first, frames, prev + np.where(prev >= 0, first, 0),
                                first + local[:n, -1], first + local[n:, -1])
-
-    def _remember(self, key: tuple[int, int], stream: _Stream) -> None:
-        self._streams[key] = stream
-        self._streams.move_to_end(key)
-        while len(self._streams) > MAX_STREAMS:
-            self._streams.popitem(last=False)
 
     def _write_frames(self, frames: np.ndarray, prev_ids: np.ndarray) -> None:
         m = len(frames)
