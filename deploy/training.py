@@ -9,7 +9,7 @@ from typing import Callable, NamedTuple, Optional
 
 from qfleet.common.config import QfleetConfig
 from qfleet.common.config_loader import save_config
-from qfleet.common.errors import CheckpointError, ConfigError
+from qfleet.common.errors import ConfigError
 from qfleet.deploy.components import shard_dir
 from qfleet.deploy.plan import RunPlan, make_plan
 from qfleet.deploy.processes import StopFlag

@@ -2,7 +2,6 @@
 (exit code 2, no traceback); a corrupt replay snapshot falls back to the previous one."""
 import subprocess
 
-import numpy as np
 import pytest
 
 from tests.conftest import python_env

@@ -4,9 +4,7 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 
-from qfleet.common import messages as m
 from qfleet.common.errors import QfleetTimeout
 from qfleet.common.netspec import NetSpec, param_shapes
 from qfleet.common.sockets import CurveKeys
