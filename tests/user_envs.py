@@ -78,3 +78,37 @@ class Corridor(gym.Env):
         self.pos = int(np.clip(self.pos + (1 if int(action) == 1 else -1), 0, self.length - 1))
         done = self.pos == self.length - 1
         return self._obs(), (1.0 if done else -0.1), done, False, {}
+
+
+class FrameCounter(gym.Env):
+    """Stacks of 4 tiny uint8 frames whose pixels say which episode and step they show
+    (pixel [0, 0] the episode, [0, 1] the step), for checking that stacks rebuilt from
+    single frames are the ones observed. A reset stack repeats the first frame 4 times.
+    Episodes last 3-25 steps and terminate, or are truncated at 20 steps; reward 1 a step."""
+
+    metadata = {"render_modes": [], "render_fps": 10}
+
+    def __init__(self, render_mode: str | None = None):
+        self.observation_space = gym.spaces.Box(0, 255, (4, 6, 6), np.uint8)
+        self.action_space = gym.spaces.Discrete(2)
+        self.episode, self.t, self.length = -1, 0, 0
+        self.stack = np.zeros((4, 6, 6), np.uint8)
+
+    @staticmethod
+    def frame(episode: int, step: int) -> np.ndarray:
+        f = np.full((6, 6), (episode * 31 + step * 7) % 256, np.uint8)
+        f[0, 0], f[0, 1] = episode % 256, step % 256
+        return f
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode += 1
+        self.t, self.length = 0, int(self.np_random.integers(3, 26))
+        self.stack = np.stack([self.frame(self.episode, 0)] * 4)
+        return self.stack.copy(), {}
+
+    def step(self, action):
+        self.t += 1
+        self.stack = np.concatenate([self.stack[1:], self.frame(self.episode, self.t)[None]])
+        terminated = self.t >= self.length
+        return self.stack.copy(), 1.0, terminated, not terminated and self.t >= 20, {}
