@@ -299,3 +299,65 @@ def test_lz4_frames_take_a_fraction_of_the_memory_and_come_back_exact():
     arrays = plain.storage.nbytes - plain.storage.frames.nbytes
     held = store.nbytes - arrays - store.blobs.nbytes - store.blob_bytes.nbytes
     assert held == store.blob_bytes.sum() + store.frames_written * 33
+
+
+def test_a_frame_server_over_sockets_snapshots_and_restores(tmp_path, monkeypatch):
+    """The real server and client: InsertFrames over ZeroMQ, frames written to disk as
+    chunks fill (the server loop), a snapshot request, and a new server restoring it; what
+    either samples is the naive transition of its key."""
+    import threading
+
+    from qfleet.common.config import ReplayConfig
+    from qfleet.common.envs import EnvSpec
+    from qfleet.replay_server.build import build_replay_server
+    from qfleet.replay_server.client import ReplayClient
+
+    monkeypatch.setattr(frame_files, "CHUNK_FRAMES", 64)
+    cfg = ReplayConfig(capacity=2000, min_size_to_sample=1, samples_per_insert=0.0, snapshot_every_s=0)
+    spec = EnvSpec("FrameStacks", SHAPE, np.dtype(np.uint8), 3, None, None)
+
+    def serve(server, stop):
+        thread = threading.Thread(target=server.serve, args=(stop.is_set, 0.01), daemon=True)
+        thread.start()
+        return thread
+
+    server, stop = build_replay_server(cfg, spec, max_sample_batch=256, snapshot_dir=tmp_path), threading.Event()
+    thread = serve(server, stop)
+    client = ReplayClient(obs_shape=SHAPE, obs_dtype=np.uint8, insert_endpoint=server.insert_endpoint,
+                          request_endpoint=server.request_endpoint, timeout=10)
+    by_key, key = {}, 0
+    for msg, naive in SimActor(0, envs=3, seed=11).messages(60):
+        client.insert(msg, timeout=10)
+        for i in range(len(msg.action)):
+            by_key[key + i] = {k: v[i] for k, v in naive.items()}
+        key += len(msg.action)
+    for _ in range(500):
+        if client.stats()["stored"] == key:
+            break
+        threading.Event().wait(0.01)
+    assert client.stats()["stored"] == key and client.stats()["frames_missing"] == 0
+    assert list((tmp_path / "frames").glob("chunk-*.npy")), "full chunks went to disk before any snapshot"
+
+    def check(batch):
+        for i, k in enumerate(batch.keys):
+            assert np.array_equal(batch.obs[i], by_key[int(k)]["obs"])
+            assert np.array_equal(batch.next_obs[i], by_key[int(k)]["next_obs"])
+
+    check(client.sample(64, num_batches=2))
+    client.snapshot()
+    stop.set()
+    thread.join(5)
+    client.close()
+    server.close()
+
+    again, stop = build_replay_server(cfg, spec, max_sample_batch=256, snapshot_dir=tmp_path), threading.Event()
+    assert again.restore() is not None and again.table.size == key
+    thread = serve(again, stop)
+    client = ReplayClient(obs_shape=SHAPE, obs_dtype=np.uint8, request_endpoint=again.request_endpoint, timeout=10)
+    try:
+        check(client.sample(64, num_batches=2))
+    finally:
+        stop.set()
+        thread.join(5)
+        client.close()
+        again.close()
