@@ -5,8 +5,8 @@ The policy is numpy for MLPs (the actor never imports torch) and torch on the CP
 CNNs; with pixel observations the environments are wrapped to give stacked frames."""
 from __future__ import annotations
 
-import time
 import os
+import time
 from typing import Callable, Iterator, Optional
 
 import numpy as np

@@ -12,9 +12,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from qfleet.common import messages as m
 from qfleet.common.errors import ConfigError, RequestError
 from qfleet.common.importance import importance_weights
-from qfleet.common import messages as m
 from qfleet.replay_server.frames import FrameStore
 from qfleet.replay_server.rate_limiter import RateLimiter
 from qfleet.replay_server.storage import RingBuffer
