@@ -149,3 +149,23 @@ def test_nothing_readable_is_refused_and_nothing_moves(tmp_path):
     with pytest.raises(CheckpointError, match="no readable replay snapshot"):
         reshard(replay, 2, 1, CAPACITY, RATIO)
     assert (replay / "shard-0" / "replay-000000000000010.npz").exists()
+
+
+def test_frame_snapshots_are_not_redistributed_and_stay_where_they_are(tmp_path):
+    # A frame table's snapshot keeps its frames in chunk files beside it; redistributing
+    # those is not built, so another shard count is refused, naming the way out.
+    replay = tmp_path / "replay"
+    shape = (4, 6, 6)
+    limiter = RateLimiter(min_size_to_sample=1, samples_per_insert=0, error_buffer=1, max_insert_batch=64,
+                          max_sample_batch=64)
+    for d in shard_dirs(replay, 2):
+        table = Table(capacity=CAPACITY, obs_shape=shape, obs_dtype=np.uint8, num_actions=2, prioritized=True,
+                      alpha=ALPHA, limiter=limiter, frames=True)
+        obs = np.random.default_rng(0).integers(0, 256, (8, *shape), dtype=np.uint8)
+        table.insert({"obs": obs, "next_obs": obs, "action": np.zeros(8, np.int32), "reward": np.zeros(8, np.float32),
+                      "discount": np.ones(8, np.float32)})
+        SnapshotStore(d).save(table)
+    before = sorted(p.relative_to(replay) for p in replay.rglob("*"))
+    with pytest.raises(CheckpointError, match="resume with replay.shards = 2"):
+        reshard(replay, 2, 3, CAPACITY, RATIO)
+    assert sorted(p.relative_to(replay) for p in replay.rglob("*")) == before
