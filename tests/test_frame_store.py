@@ -361,3 +361,21 @@ def test_a_frame_server_over_sockets_snapshots_and_restores(tmp_path, monkeypatc
         thread.join(5)
         client.close()
         again.close()
+
+
+def test_a_snapshot_is_refused_by_a_table_of_the_other_kind(tmp_path):
+    from qfleet.common.errors import CheckpointError
+    from qfleet.replay_server.snapshot import check_newest
+
+    table = make_table(capacity=200)
+    insert_all(table, [SimActor(0, envs=2, seed=12)], rounds=1, steps_per_round=10)
+    SnapshotStore(tmp_path).save(table)
+    assert check_newest(tmp_path, SHAPE, np.uint8, 200, frames=True) is not None
+    with pytest.raises(CheckpointError, match="replay.frames=true"):
+        check_newest(tmp_path, SHAPE, np.uint8, 200, frames=False)
+    with pytest.raises(CheckpointError, match="shape"):
+        check_newest(tmp_path, (3, H, W), np.uint8, 200, frames=True)
+    whole = Table(capacity=200, obs_shape=SHAPE, obs_dtype=np.uint8, num_actions=3, prioritized=False, alpha=0.6,
+                  limiter=table.limiter)
+    with pytest.raises(CheckpointError, match="stores a frame at a time"):
+        SnapshotStore(tmp_path).load_latest(whole)
