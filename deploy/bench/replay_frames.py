@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import shutil
 import tempfile
 import time
@@ -79,6 +80,7 @@ def _push(endpoint: str, actor_id: int, pool: np.ndarray, episode_steps: int, st
     from qfleet.replay_server.client import ReplayClient
 
     rng = np.random.default_rng(actor_id)
+    stream = int.from_bytes(os.urandom(7), "little")  # as an actor process does: its own frame numbering
     client = ReplayClient(obs_shape=OBS_SHAPE, obs_dtype=np.uint8, insert_endpoint=endpoint, insert_hwm=8)
     encoder = FrameEncoder(ENVS, OBS_SHAPE)
     adder = NStepAdder(num_envs=ENVS, n=3, gamma=0.99, obs_shape=(), obs_dtype=np.int64)
@@ -96,7 +98,7 @@ def _push(endpoint: str, actor_id: int, pool: np.ndarray, episode_steps: int, st
         steps.append({"frame_first": first, "frames": frames, "frame_prev": links, **out})
         done_prev, obs, ids = terminated & ~done_prev, nxt, next_ids
         if len(steps) == 4:  # actor.flush_every_steps
-            for msg in frame_messages(steps, actor_id=actor_id, seq=seq, version=0, stream=actor_id,
+            for msg in frame_messages(steps, actor_id=actor_id, seq=seq, version=0, stream=stream,
                                       max_transitions=4096, max_frames=4096):
                 while not stop.is_set():
                     try:
@@ -280,6 +282,10 @@ def run(args: argparse.Namespace) -> int:
                      "value": f"{c['bytes_per_frame']:,.0f} / {c['decompress_ms_per_batch_256']:.1f}"})
     print(markdown_table(rows, ["figure", "value"]))
     write_json(result, args.json)
+    if stats["rejected"] or result["frames_missing"]:
+        print(f"the server rejected {stats['rejected']} message(s) and dropped {result['frames_missing']} "
+              "transition(s) for missing frames: these figures do not describe a healthy run")
+        return 1
     return 0
 
 
