@@ -138,7 +138,7 @@ class Actor:
     def _messages(self, pending: list[dict]) -> Iterator[m.InsertBatch | m.InsertFrames]:
         """Insert messages of at most max_insert_batch transitions (seq filled in at send)."""
         if self.encoder is not None:
-            yield from frame_messages(pending, actor_id=self.index, seq=0, version=self.version, stream=self.stream,
+            yield from frame_messages(pending, actor_id=self.index, version=self.version, stream=self.stream,
                                       max_transitions=self.max_insert_batch, max_frames=self.max_insert_batch)
             return
         batch = {k: np.concatenate([p[k] for p in pending]) for k in m.TRANSITION_FIELDS}

@@ -25,7 +25,7 @@ class FrameEncoder:
     def __init__(self, num_envs: int, obs_shape: Sequence[int], keyframe_every: int = KEYFRAME_EVERY):
         self.stack = obs_shape[0]
         self.keyframe_every = keyframe_every
-        self._last = np.zeros((num_envs, *obs_shape), np.uint8)
+        self._tail = np.zeros((num_envs, self.stack - 1, *obs_shape[1:]), np.uint8)  # the last k - 1 frames seen
         self._ids = np.full((num_envs, self.stack), -1, np.int64)  # numbers of the last stack's frames
         self._age = np.full(num_envs, keyframe_every, np.int64)   # steps since a whole stack was sent
         self.next_number = 0    # frames numbered so far
@@ -35,7 +35,7 @@ class FrameEncoder:
     def encode(self, obs: np.ndarray) -> np.ndarray:
         """Numbers of each environment's newest frame for this step's observations."""
         k = self.stack
-        continues = (self._age < self.keyframe_every) & np.all(obs[:, :-1] == self._last[:, 1:], axis=(1, 2, 3))
+        continues = (self._age < self.keyframe_every) & np.all(obs[:, :-1] == self._tail, axis=(1, 2, 3))
         cont, whole = np.flatnonzero(continues), np.flatnonzero(~continues)
         base = self.next_number
         new_cont = base + np.arange(len(cont))
@@ -48,42 +48,44 @@ class FrameEncoder:
         self._ids[whole] = new_whole
         self._age[cont] += 1
         self._age[whole] = 0
-        self._last[:] = obs
+        self._tail[:] = obs[:, 1:]
         return self._ids[:, -1].copy()
 
     def take(self) -> tuple[int, np.ndarray, np.ndarray]:
         """(number of the first, frames, links) queued since the last take, in number order."""
         first = self._first_queued
-        if self._queued:
+        if len(self._queued) == 1:  # the usual case (one encode per step): no copy
+            frames, links = self._queued[0]
+        elif self._queued:
             frames = np.concatenate([f for f, _ in self._queued])
             links = np.concatenate([link for _, link in self._queued])
         else:
-            frames, links = np.zeros((0, *self._last.shape[2:]), np.uint8), np.zeros(0, np.int64)
+            frames, links = np.zeros((0, *self._tail.shape[2:]), np.uint8), np.zeros(0, np.int64)
         self._queued.clear()
         self._first_queued = self.next_number
         return first, frames, links
 
 
-def frame_messages(steps: list[dict], *, actor_id: int, seq: int, version: int, stream: int,
+def frame_messages(steps: list[dict], *, actor_id: int, version: int, stream: int,
                    max_transitions: int, max_frames: int) -> Iterator[m.InsertFrames]:
     """Insert messages for consecutive steps ({frame_first, frames, frame_prev} and the
     step's transitions with obs/next_obs holding frame numbers), whole steps per message so
-    every frame a transition refers to is in its message or an earlier one."""
+    every frame a transition refers to is in its message or an earlier one. Their seq is 0:
+    the sender numbers them as it sends."""
     group: list[dict] = []
     count = frames = 0
     for step in steps + [None]:
         n, f = (len(step["action"]), len(step["frames"])) if step is not None else (0, 0)
         if group and (step is None or count + n > max_transitions or frames + f > max_frames):
-            yield _message(group, actor_id, seq, version, stream)
-            seq += 1
+            yield _message(group, actor_id, version, stream)
             group, count, frames = [], 0, 0
         if step is not None:
             group.append(step)
             count, frames = count + n, frames + f
 
 
-def _message(group: list[dict], actor_id: int, seq: int, version: int, stream: int) -> m.InsertFrames:
+def _message(group: list[dict], actor_id: int, version: int, stream: int) -> m.InsertFrames:
     cat = {k: np.concatenate([g[k] for g in group]) for k in ("frames", "frame_prev", "obs", "next_obs",
                                                                "action", "reward", "discount")}
-    return m.InsertFrames(actor_id, seq, version, stream, int(group[0]["frame_first"]), cat["frames"],
+    return m.InsertFrames(actor_id, 0, version, stream, int(group[0]["frame_first"]), cat["frames"],
                           cat["frame_prev"], cat["obs"], cat["next_obs"], cat["action"], cat["reward"], cat["discount"])

@@ -128,8 +128,7 @@ class FrameStore:
         if len(prev_local) != m:
             raise RequestError("bad_frames", f"{m} frames but {len(prev_local)} frame links")
         key = (int(actor_id), int(stream))
-        known = self._streams.get(key)
-        if first_local < (known.next_local if known else 0):
+        if first_local < self._streams.next_local(key):
             raise RequestError("bad_frame_ref", f"frame numbers restart at {first_local} within one actor stream")
         own = np.arange(first_local, first_local + m, dtype=np.int64)
         if m and not ((prev_local >= -1) & (prev_local < own)).all():
@@ -137,7 +136,7 @@ class FrameStore:
         for refs in (obs_local, next_local):
             if len(refs) and not ((refs >= 0) & (refs < first_local + m)).all():
                 raise RequestError("bad_frame_ref", "a transition refers to a frame that was not sent")
-        stream_map = known or Stream()
+        stream_map = self._streams.get(key) or Stream()
         self._streams.remember(key, stream_map)
         first_id = self.frames_written
 
@@ -159,11 +158,10 @@ class FrameStore:
         stack's k frames are stored as a chain of their own, so nothing is shared."""
         n, k = len(obs), self.stack
         frames = np.concatenate([obs, next_obs]).reshape(2 * n * k, *self.frame_shape)
-        local = np.arange(2 * n * k, dtype=np.int64).reshape(2 * n, k)
-        prev = np.where(np.arange(k) == 0, -1, local - 1).reshape(-1)
         first = self._streams.next_local((-1, -1))
-        return self.add_frames(-1, -1, first, frames, prev + np.where(prev >= 0, first, 0),
-                               first + local[:n, -1], first + local[n:, -1])
+        local = first + np.arange(2 * n * k, dtype=np.int64).reshape(2 * n, k)
+        prev = np.where(np.arange(k) == 0, -1, local - 1).reshape(-1)
+        return self.add_frames(-1, -1, first, frames, prev, local[:n, -1], local[n:, -1])
 
     def _write_frames(self, frames: np.ndarray, prev_ids: np.ndarray) -> None:
         m = len(frames)

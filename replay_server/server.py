@@ -141,20 +141,20 @@ class ReplayServer:
                 self._try_store(batch, force=True)
         return read
 
-    def _try_store(self, batch: m.InsertBatch, force: bool = False) -> bool:
+    def _try_store(self, batch: m.InsertBatch | m.InsertFrames, force: bool = False) -> bool:
         n = len(batch.action)
         if not (force or self.accept_all_inserts) and not self.table.can_insert(n):
             return False
+        before = self.table.counts["stored"]  # what the table accepted (frame tables drop unresolvable links)
         try:
             if isinstance(batch, m.InsertFrames):
-                _, stored = self.table.insert_frames(batch)
+                self.table.insert_frames(batch)
             else:
-                _, stored = self.table.insert({k: getattr(batch, k) for k in m.TRANSITION_FIELDS}, batch.priority)
-                stored = n  # a batch bigger than the table still counts as stored (the oldest are overwritten)
+                self.table.insert({k: getattr(batch, k) for k in m.TRANSITION_FIELDS}, batch.priority)
         except RequestError as exc:
             self._reject(exc, "insert", transitions=n)
             return True
-        self.stored_by_actor[batch.actor_id] += stored
+        self.stored_by_actor[batch.actor_id] += self.table.counts["stored"] - before
         previous = self.last_seq.get(batch.actor_id)
         if previous is not None and batch.seq > previous + 1:
             self.seq_gaps[batch.actor_id] += batch.seq - previous - 1
@@ -250,7 +250,7 @@ class ReplayServer:
             "rejected": sum(self.rejected.values()), "table_bytes": t.nbytes,
             "obs_dtype": t.storage.obs_dtype.name, "obs_shape": "x".join(map(str, t.storage.obs_shape)),
             "bytes_per_transition": t.storage.bytes_per_transition, "max_sample_batch": self.max_sample_batch,
-            "frames_missing": getattr(t.storage, "frames_missing", 0),
+            "frames_missing": t.storage.frames_missing,
             "uptime_s": time.monotonic() - self._started,
         }
         values.update(self.counts)

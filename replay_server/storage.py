@@ -34,6 +34,8 @@ def ring_spans(start: int, count: int, capacity: int) -> list[tuple[int, int]]:
 class RingBuffer:
     """Fixed-capacity arrays for obs, action, n-step reward, next obs and discount."""
 
+    frames_missing = 0  # whole observations never wait on frames (see frames.FrameStore)
+
     def __init__(self, capacity: int, obs_shape: Sequence[int], obs_dtype: np.dtype):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")

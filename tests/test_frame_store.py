@@ -66,7 +66,7 @@ class SimActor:
     def messages(self, count: int, max_transitions: int = 40) -> list[tuple[m.InsertFrames, dict]]:
         """Insert messages for `count` steps, each with the naive transitions it carries."""
         frame_steps, naive = self.steps(count)
-        msgs = list(frame_messages(frame_steps, actor_id=self.index, seq=0, version=0, stream=self.stream,
+        msgs = list(frame_messages(frame_steps, actor_id=self.index, version=0, stream=self.stream,
                                    max_transitions=max_transitions, max_frames=max_transitions))
         out, at = [], 0
         for msg in msgs:  # whole steps per message, in order (steps without transitions add no rows)

@@ -5,15 +5,16 @@ Frames: a pool of real preprocessed frames (the Atari preset on --game, random a
 compression figures mean something. Pushers: processes that act as actors (32 environments
 each, the actor's own FrameEncoder and n-step adder, episodes of ~--episode-steps steps),
 sending InsertFrames; ingest is what the server stored per second (its own counter), and
-wire bytes are what the messages carried per transition. The table is then filled to
+wire bytes are the array payloads the messages carried per transition (headers, a few
+hundred bytes a message of ~128 transitions, left out). The table is then filled to
 --capacity and measured: resident bytes per transition (frames, links, slots, sum-tree),
 sampling of batches of 32 and 256 with priority updates, the time a snapshot takes (it
 writes the chunk being filled and the slot arrays; full chunks went to disk while filling),
 and the time a fresh server takes to restore it. --frame-codec lz4 keeps the frames
 compressed (replay.frame_codec); its bytes per transition are what the table holds
-(payloads and Python's per-object header), as resident memory cannot single them out. Compression: each codec available (lz4,
-zstandard) on the pool: bytes per frame, and what decompressing the frames of a batch of
-256 would add to sampling.
+(payloads and Python's per-object header), as resident memory cannot single them out.
+Compression: each codec available (lz4, zstandard) on the pool: bytes per frame, and what
+decompressing the frames of a batch of 256 would add to sampling.
 """
 from __future__ import annotations
 
@@ -98,8 +99,9 @@ def _push(endpoint: str, actor_id: int, pool: np.ndarray, episode_steps: int, st
         steps.append({"frame_first": first, "frames": frames, "frame_prev": links, **out})
         done_prev, obs, ids = terminated & ~done_prev, nxt, next_ids
         if len(steps) == 4:  # actor.flush_every_steps
-            for msg in frame_messages(steps, actor_id=actor_id, seq=seq, version=0, stream=stream,
+            for msg in frame_messages(steps, actor_id=actor_id, version=0, stream=stream,
                                       max_transitions=4096, max_frames=4096):
+                msg = msg._replace(seq=seq)
                 while not stop.is_set():
                     try:
                         client.insert(msg, timeout=0.1)
