@@ -87,21 +87,30 @@ class Policy(NamedTuple):
     env_preset: Optional[str] = None      # "atari" when it played through the Atari preset
 
 
-def load_policy(path: str | Path) -> Policy:
-    """The `policy/...` weights of a checkpoint (or run directory), checked against its net spec."""
+WEIGHTS = {"best": "policy/", "last": "online/"}  # what `qfleet eval --weights` chooses from
+
+
+def load_policy(path: str | Path, weights: str = "best") -> Policy:
+    """The weights of a checkpoint (or run directory) that play, checked against its net
+    spec: "best", those that scored best in greedy evaluation (`policy/...`), or "last",
+    the online network as training left it (`online/...`)."""
+    if weights not in WEIGHTS:
+        raise CheckpointError(f"weights {weights!r}: choose one of {', '.join(WEIGHTS)}")
+    prefix = WEIGHTS[weights]
     arrays, meta = load_checkpoint(path)
     spec = spec_from_meta(meta.get("net_spec"), path)
     env = meta.get("env_id")
     if not isinstance(env, str):
         raise CheckpointError(f"checkpoint {path} does not say which environment it plays (env_id)")
-    params = {k[len("policy/"):]: v for k, v in arrays.items() if k.startswith("policy/")}
+    params = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
     try:
         expected = param_shapes(spec)
     except ValueError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from None
     got = {k: tuple(v.shape) for k, v in params.items()}
     if got != expected:
-        raise CheckpointError(f"checkpoint {path}: policy weights {got or 'missing'} do not match its network, "
+        raise CheckpointError(f"checkpoint {path}: {weights} weights ({prefix}...) {got or 'missing'} do not match "
+                              f"its network, "
                               f"{spec.describe()}")
     pixels = meta.get("pixels")
     if pixels:

@@ -78,6 +78,7 @@ def test_config_docs_show_every_field(qfleet_cmd):
     (None, ["eval", "{d}/missing"], "checkpoint {d}/missing does not exist"),
     ("garbage", ["eval", "{d}/run/checkpoint.npz"], "checkpoint {d}/run/checkpoint.npz is unreadable"),
     ("foreign", ["eval", "{d}/run"], "{d}/run/checkpoint.npz is not a qfleet checkpoint"),
+    (None, ["eval", "{d}/run", "--epsilon", "1.5"], "--epsilon 1.5: a probability from 0 (greedy) to 1"),
 ])
 def test_plot_and_eval_refuse_bad_inputs_in_one_line(qfleet_cmd, tmp_path, setup, args, message):
     import numpy as np

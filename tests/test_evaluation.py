@@ -93,3 +93,21 @@ def test_the_learner_keeps_updating_when_evaluations_fail(env_name, died, caplog
     pull.close(0)
     assert reports[-1].values["eval_failures"] == summary["eval_failures"]
     assert reports[-1].values["evaluator_restarts"] == learner.evaluator.restarts
+
+
+def test_epsilon_greedy_evaluation_takes_random_actions_at_that_rate():
+    from qfleet.learner.evaluation import evaluate
+
+    class AlwaysLeft:  # Q-values that make action 0 (push left) greedy
+        def __call__(self, obs):
+            return np.tile([1.0, 0.0], (len(obs), 1))
+
+    greedy = evaluate(AlwaysLeft(), "CartPole-v1", 8, seed=3)
+    assert evaluate(AlwaysLeft(), "CartPole-v1", 8, seed=3, epsilon=0.0).returns.tolist() == greedy.returns.tolist()
+    noisy = evaluate(AlwaysLeft(), "CartPole-v1", 64, seed=3, epsilon=1.0)
+    again = evaluate(AlwaysLeft(), "CartPole-v1", 64, seed=3, epsilon=1.0)
+    assert noisy.returns.tolist() == again.returns.tolist()  # the draws come from the seed
+    # pushing left always topples the pole in ~9 steps; uniformly random actions last ~22
+    assert greedy.mean < 12 and noisy.mean > 16
+    with pytest.raises(ValueError, match="epsilon 1.5 is not a probability"):
+        evaluate(AlwaysLeft(), "CartPole-v1", 1, seed=0, epsilon=1.5)

@@ -136,6 +136,19 @@ def test_eval_prints_greedy_statistics_and_records_every_frame(qfleet_cmd, dqn_r
     assert size == (120, 80) and shown <= frames and total_ms == frames * 20
 
 
+def test_eval_plays_the_last_weights_epsilon_greedy_on_request(qfleet_cmd, dqn_run):
+    run, _ = dqn_run
+    out = qfleet(qfleet_cmd, "eval", run, "--episodes", 20, "--seed", 5, "--weights", "last", "--epsilon", 0.3)
+    saved = load_policy(run, "last")
+    assert f"(the online network after {int(saved.meta['updates']):,} updates)" in out.stdout
+    expected = evaluate(greedy_policy(saved.spec, saved.params), "CartPole-v1", 20, 5, epsilon=0.3)
+    assert (f"epsilon-greedy (epsilon 0.3) return over 20 episode(s): mean {expected.mean:.2f}, "
+            f"std {expected.std:.2f}") in out.stdout
+    best = load_policy(run)  # "best" and "last" are different arrays of the same network
+    assert best.params.keys() == saved.params.keys()
+    assert any(not np.array_equal(best.params[k], saved.params[k]) for k in best.params)
+
+
 def test_baseline_writes_the_same_run_directory(reinforce_run):
     run, stdout = reinforce_run
     records = read_jsonl(run / "metrics.jsonl")

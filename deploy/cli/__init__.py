@@ -15,7 +15,7 @@ from qfleet.common.errors import QfleetError
 COMMANDS = {
     "train": ("qfleet.deploy.cli.train", "train a DQN agent: replay server, learner and actors (local mode by default)"),
     "replay-server": ("qfleet.deploy.cli.replay_server", "run one replay server on its own (manual and cluster deployments)"),
-    "eval": ("qfleet.deploy.cli.eval", "evaluate a checkpoint greedily (mean, std, min, max); --gif records it playing"),
+    "eval": ("qfleet.deploy.cli.eval", "evaluate a checkpoint greedily or at --epsilon (mean, std, min, max); --gif records it playing"),
     "plot": ("qfleet.deploy.cli.plot", "plot learning curves and throughput of one or more run directories as a PNG"),
     "baseline": ("qfleet.deploy.cli.baseline", "train a baseline (random search, REINFORCE) that writes the same metrics"),
     "config": ("qfleet.deploy.cli.config", "show the default or resolved configuration with every field's meaning"),

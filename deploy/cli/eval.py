@@ -1,4 +1,5 @@
-"""`qfleet eval CHECKPOINT`: greedy evaluation of a trained agent, optionally as a GIF.
+"""`qfleet eval CHECKPOINT`: greedy (or epsilon-greedy) evaluation of a trained agent,
+optionally as a GIF.
 
 Also home of the `--gif` options and the GIF step that `qfleet train` and `qfleet baseline`
 run after training.
@@ -44,8 +45,14 @@ def write_gif(policy: Callable[[np.ndarray], np.ndarray], env: EnvSpec, path: st
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.npz, or the run directory holding it")
-    p.add_argument("--episodes", type=int, default=100, help="greedy episodes to evaluate (default 100)")
+    p.add_argument("--episodes", type=int, default=100, help="episodes to evaluate (default 100)")
     p.add_argument("--seed", type=int, default=0, help="episode i starts from seed S+i (default 0)")
+    p.add_argument("--epsilon", type=float, default=0.0, metavar="E",
+                   help="take a random action with probability E at each step, as papers that score "
+                        "epsilon-greedy do (default 0: greedy)")
+    p.add_argument("--weights", choices=("best", "last"), default="best",
+                   help="best: the weights that scored best in training's evaluations (default); "
+                        "last: the online network as training left it")
     p.add_argument("--gif", metavar="PATH", help="also record episodes as an animated GIF at PATH")
     add_gif_options(p)
 
@@ -57,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes {args.episodes}: evaluate at least 1 episode")
-    saved = load_policy(args.checkpoint)
+    if not 0.0 <= args.epsilon <= 1.0:
+        raise ConfigError(f"--epsilon {args.epsilon}: a probability from 0 (greedy) to 1 (random actions)")
+    saved = load_policy(args.checkpoint, args.weights)
     try:
         policy = greedy_policy(saved.spec, saved.params)
     except ValueError as exc:
@@ -65,11 +74,16 @@ def run(args: argparse.Namespace) -> int:
     env = describe_env(saved.env, pixels=saved.pixels, env_kwargs=saved.env_kwargs, preset=saved.env_preset)
     check_env_fits(saved.spec, env.obs_shape, args.checkpoint)  # the network comes from the checkpoint's spec
     trained = saved.meta.get("policy_eval")
-    print(f"qfleet eval: {env.env_id}, {saved.spec.describe()}, weights from {args.checkpoint}"
-          + (f" (scored {trained['mean']:.1f} over {trained['episodes']} episodes in training, v{trained['version']})"
-             if trained else " (never evaluated in training: the final weights)"), flush=True)
-    result = evaluate(policy, env, args.episodes, args.seed)
-    print(f"greedy return over {args.episodes} episode(s): mean {result.mean:.2f}, std {result.std:.2f}, "
+    if args.weights == "last":
+        which = f" (the online network after {int(saved.meta.get('updates', 0)):,} updates)"
+    elif trained:
+        which = f" (scored {trained['mean']:.1f} over {trained['episodes']} episodes in training, v{trained['version']})"
+    else:
+        which = " (never evaluated in training: the final weights)"
+    print(f"qfleet eval: {env.env_id}, {saved.spec.describe()}, weights from {args.checkpoint}{which}", flush=True)
+    result = evaluate(policy, env, args.episodes, args.seed, epsilon=args.epsilon)
+    how = f"epsilon-greedy (epsilon {args.epsilon:g})" if args.epsilon else "greedy"
+    print(f"{how} return over {args.episodes} episode(s): mean {result.mean:.2f}, std {result.std:.2f}, "
           f"min {result.min:g}, max {result.max:g} (mean length {result.lengths.mean():.1f} steps)")
     if env.reward_threshold is not None:
         verdict = "reaches" if result.mean >= env.reward_threshold else "is below"
