@@ -4,8 +4,10 @@ A background thread owns the replay clients' request sockets (ZeroMQ sockets are
 thread-safe): it keeps `in_flight` sample requests open, splits each multi-batch reply
 into batches for a bounded queue, and sends the priority updates the training thread
 hands it (coalesced into one message per shard when several are waiting). Lost requests
-(a replay server restart) are re-sent after `retry_s`; if nothing arrives for `timeout_s`,
-`get` raises QfleetTimeout naming the replay server.
+(a replay server restart) are re-sent after `retry_s`; if no answer at all arrives for
+`timeout_s`, `get` raises QfleetTimeout naming the replay server. A 'rate_limited' answer
+is an answer: a server still filling up to min_size_to_sample (slow actors, a large
+minimum) is alive, and the learner waits for it rather than dying.
 
 With several replay shards (one client each), every request goes to one shard drawn by
 `learner.shards.ShardSet` (in proportion to its total priority), each batch carries the
@@ -55,7 +57,8 @@ class Prefetcher:
         self._priorities: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._error: Optional[BaseException] = None
-        self._last_reply = time.monotonic()
+        self._last_reply = time.monotonic()   # last batch
+        self._last_heard = self._last_reply     # last answer of any kind (a refusal too)
         self.latencies: deque = deque(maxlen=2048)  # seconds from request to reply
         self.wait_s = 0.0                          # time the training thread spent waiting
         self.rate_limited = 0
@@ -81,11 +84,12 @@ class Prefetcher:
                 try:
                     return self._batches.get(timeout=0.05)
                 except queue.Empty:
-                    if time.monotonic() - started > self.timeout_s:
+                    now = time.monotonic()
+                    if now - max(started, self._last_heard) > self.timeout_s:
                         where = "the replay server" if len(self.clients) == 1 else \
                             f"any of the {len(self.clients)} replay shards"
-                        raise QfleetTimeout(f"no sample from {where} for {self.timeout_s:g} s "
-                                            f"(last reply {time.monotonic() - self._last_reply:.1f} s ago)") from None
+                        raise QfleetTimeout(f"no sample from {where} and no answer for {self.timeout_s:g} s "
+                                            f"(last batch {now - self._last_reply:.1f} s ago)") from None
             return None
         finally:
             self.wait_s += time.monotonic() - started
@@ -140,6 +144,7 @@ class Prefetcher:
                 return
             now = time.monotonic()
             sent = pending.pop((shard, rid), None)
+            self._last_heard = now
             if isinstance(reply, RemoteError):
                 if reply.reason in RETRYABLE:
                     self.rate_limited += 1

@@ -1,5 +1,7 @@
 """The prefetcher against a real replay server that has nothing to serve: a stop request
-ends the wait at once (so a stopping learner still writes its checkpoint)."""
+ends the wait at once (so a stopping learner still writes its checkpoint), a server that
+answers 'rate_limited' (still filling) is waited for past the timeout, and a dead one
+times out naming the replay server."""
 import time
 
 import numpy as np
@@ -29,10 +31,25 @@ def test_stop_ends_the_wait_for_a_batch(starved):
         prefetcher.close()
 
 
-def test_without_stop_the_wait_times_out_naming_the_replay_server(starved):
+def test_a_server_that_answers_rate_limited_is_waited_for_past_the_timeout(starved):
+    # Each refusal comes after the server's 1 s sample wait, two requests in flight: ten
+    # refusals take at least 5 s, past the 4 s timeout, which counts silence only.
+    prefetcher = starved(4.0)
+    try:
+        asked = time.monotonic()
+        assert prefetcher.get(lambda: prefetcher.rate_limited >= 10) is None
+        assert time.monotonic() - asked > 4.0
+    finally:
+        prefetcher.close()
+
+
+def test_a_dead_server_times_out_naming_the_replay_server(server, starved):  # noqa: F811
+    proc, _ = server
+    proc.kill()
+    proc.wait()
     prefetcher = starved(0.5)
     try:
-        with pytest.raises(QfleetTimeout, match="no sample from the replay server"):
+        with pytest.raises(QfleetTimeout, match="no sample from the replay server and no answer for 0.5 s"):
             prefetcher.get()
     finally:
         prefetcher.close()
