@@ -14,6 +14,10 @@ Two convolutional torsos, each followed by dense layers and the same heads as th
 - 'nature', the DQN torso of Mnih et al. (2015): 32 8x8 stride 4, 64 4x4 stride 2,
   64 3x3 stride 1, ReLU after each, no normalisation, then 512 dense units. Made for 84x84
   Atari frames; it needs frames of at least 36x36.
+- 'nips2013', the first DQN's torso (Mnih et al., 2013, "Playing Atari with Deep
+  Reinforcement Learning"): 16 8x8 stride 4, 32 4x4 stride 2, ReLU, then 256 dense units.
+  A third of the Nature torso's arithmetic per frame (3.0 against 9.3 million
+  multiply-adds on 84x84x4): what a CPU learner can afford. Never chosen by 'auto'.
 - 'minatar', the torso of the MinAtar paper (Young & Tian, 2019): one 3x3 stride-1
   convolution with 16 channels, ReLU, then 128 dense units. Made for MinAtar's 10x10 grids,
   where the Nature torso's 8x8 stride-4 first layer would leave almost nothing.
@@ -29,10 +33,13 @@ import numpy as np
 PIXEL_SCALE = 1.0 / 255.0  # uint8 frames -> [0, 1]
 TORSOS = {  # name -> conv layers as (out channels, kernel, stride)
     "nature": ((32, 8, 4), (64, 4, 2), (64, 3, 1)),
+    "nips2013": ((16, 8, 4), (32, 4, 2)),
     "minatar": ((16, 3, 1),),
 }
-TORSO_HIDDEN = {"nature": (512,), "minatar": (128,)}  # each paper's dense layer after its torso
+TORSO_HIDDEN = {"nature": (512,), "nips2013": (256,), "minatar": (128,)}  # each paper's dense layer
+TORSO_CHOICES = ("auto", *TORSOS)  # learner.torso: 'auto' sizes the torso to the frames (`torso_for`)
 NATURE_MIN_SIDE = 36   # smallest frame side the Nature torso accepts (8/4 -> 4/2 -> 3/1)
+MIN_SIDE = {"nature": NATURE_MIN_SIDE, "nips2013": 20, "minatar": 3}  # 8/4 -> 4/2 for nips2013
 IMAGE_MIN_SIDE = 3     # smallest frame side any torso accepts (MinAtar's 3x3 convolution)
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.bool_))
 NETWORKS = ("auto", "mlp", "cnn")
@@ -112,7 +119,7 @@ def input_scale_for(dtype) -> float:
     return PIXEL_SCALE if np.dtype(dtype) == np.uint8 else 1.0
 
 
-def choose_net(*, obs_shape: tuple, obs_dtype, num_actions: int, network: str = "auto",
+def choose_net(*, obs_shape: tuple, obs_dtype, num_actions: int, network: str = "auto", torso: str = "auto",
                hidden: tuple = (128, 128), cnn_hidden: tuple = (), dueling: bool = False) -> NetSpec:
     """The network an observation space gets; ValueError naming the shape if `network` =
     'cnn' is asked of observations that have no channel axis.
@@ -120,11 +127,14 @@ def choose_net(*, obs_shape: tuple, obs_dtype, num_actions: int, network: str = 
     network: 'auto' gives images (`image_layout`) a CNN and everything else an MLP; 'mlp'
     flattens any observation (an MLP sees raw values, uint8 frames are not scaled); 'cnn'
     uses the shape rule of `channel_layout` for any dtype (floats are taken as already
-    scaled). The torso follows the frame size (`torso_for`); cnn_hidden empty means that
-    torso's own dense layer (512 or 128), hidden are the MLP's layers.
+    scaled). torso 'auto' follows the frame size (`torso_for`), a TORSOS key forces that
+    torso (ValueError when the frames are smaller than it takes); cnn_hidden empty means
+    that torso's own dense layer (512, 256 or 128), hidden are the MLP's layers.
     """
     if network not in NETWORKS:
         raise ValueError(f"unknown network '{network}' (expected one of {', '.join(NETWORKS)})")
+    if torso not in TORSO_CHOICES:
+        raise ValueError(f"unknown CNN torso '{torso}' (expected one of {', '.join(TORSO_CHOICES)})")
     shape = tuple(int(s) for s in obs_shape)
     layout = {"auto": image_layout(shape, obs_dtype), "cnn": channel_layout(shape)}.get(network)
     if network == "cnn" and layout is None:
@@ -134,7 +144,10 @@ def choose_net(*, obs_shape: tuple, obs_dtype, num_actions: int, network: str = 
     if layout is None:
         return NetSpec("mlp", shape, num_actions, tuple(hidden), dueling)
     _, h, w = frame_shape(shape, layout)
-    torso = torso_for(h, w)
+    torso = torso_for(h, w) if torso == "auto" else torso
+    if min(h, w) < MIN_SIDE[torso]:
+        raise ValueError(f"frames of {h}x{w} are too small for the {torso} torso "
+                         f"(needs {MIN_SIDE[torso]}x{MIN_SIDE[torso]})")
     return NetSpec("cnn", shape, num_actions, tuple(cnn_hidden) or TORSO_HIDDEN[torso], dueling, torso=torso,
                    layout=layout, input_scale=input_scale_for(obs_dtype))
 
@@ -153,7 +166,7 @@ def conv_output_shape(spec: NetSpec) -> tuple[int, int, int]:
     for _, kernel, stride in conv_layers(spec):
         h, w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
     if h < 1 or w < 1:
-        need = NATURE_MIN_SIDE if spec.torso == "nature" else IMAGE_MIN_SIDE
+        need = MIN_SIDE[spec.torso]
         raise ValueError(f"frames of {height}x{width} are too small for the {spec.torso} torso "
                          f"(needs {need}x{need})")
     return conv_layers(spec)[-1][0], h, w

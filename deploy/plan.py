@@ -146,10 +146,12 @@ def net_spec(cfg: QfleetConfig, env: EnvSpec) -> NetSpec:
     learner = cfg.learner
     try:
         return choose_net(obs_shape=env.obs_shape, obs_dtype=env.obs_dtype, num_actions=env.num_actions,
-                          network=learner.network, hidden=tuple(learner.hidden), cnn_hidden=tuple(learner.cnn_hidden),
+                          network=learner.network, torso=learner.torso, hidden=tuple(learner.hidden),
+                          cnn_hidden=tuple(learner.cnn_hidden),
                           dueling=learner.dueling)
     except ValueError as exc:
-        raise ConfigError(f"learner.network = '{learner.network}' for {env.env_id}: {exc}") from None
+        torso = f", learner.torso = '{learner.torso}'" if learner.torso != "auto" else ""
+        raise ConfigError(f"learner.network = '{learner.network}'{torso} for {env.env_id}: {exc}") from None
 
 
 def _check_sizes(cfg: QfleetConfig, *, sample_item: int, insert_item: int, table_item: int) -> None:

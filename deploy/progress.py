@@ -196,10 +196,11 @@ class Progress:
 
     @staticmethod
     def eval_metrics(values: dict) -> dict:
-        """The metrics of one greedy evaluation, from the learner's eval report."""
+        """The metrics of one evaluation, from the learner's eval report."""
         return {"eval/return_mean": values["eval_mean"], "eval/return_std": values["eval_std"],
                 "eval/return_min": values["eval_min"], "eval/return_max": values["eval_max"],
-                "eval/episodes": values["eval_episodes"], "eval/version": values["eval_version"],
+                "eval/episodes": values["eval_episodes"], "eval/epsilon": values.get("eval_epsilon", 0.0),
+                "eval/version": values["eval_version"],
                 "eval/updates": values["updates"], "eval/solved": int(bool(values["solved"]))}
 
     def status_line(self, tick: dict, elapsed_s: float) -> str:

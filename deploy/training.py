@@ -107,7 +107,7 @@ def say_plan(cfg: QfleetConfig, plan: RunPlan, run_dir: Path, *, resuming: bool,
     env = plan.env
     shards = f"; {plan.shards} replay shards" if plan.shards > 1 else ""
     solved = ("no solved threshold (it runs until a budget)" if plan.solved_threshold is None
-              else f"solved at greedy mean >= {plan.solved_threshold}")
+              else f"solved at {scoring(cfg.learner.eval_epsilon)} mean >= {plan.solved_threshold}")
     say(f"qfleet: {'resuming' if resuming else 'training'} {env.env_id} with {plan.actors} actor(s) x "
         f"{cfg.actor.envs_per_actor} envs{shards}; {solved}; run directory {run_dir}")
     if env.preset == "atari":
@@ -122,10 +122,16 @@ def say_plan(cfg: QfleetConfig, plan: RunPlan, run_dir: Path, *, resuming: bool,
             f"(deploy/configs/cartpole-pixels.yaml holds settings made for pixels)")
 
 
+def scoring(epsilon) -> str:
+    """How an evaluation chose its actions, for messages: 'greedy' or 'epsilon-greedy (0.1)'."""
+    return f"epsilon-greedy ({epsilon:g})" if epsilon else "greedy"
+
+
 def final_message(s: dict) -> str:
     best = s.get("best_eval")
     ev = "no evaluation finished" if not best else (
-        f"best greedy mean {best['eval_mean']:.1f} +- {best['eval_std']:.1f} over {best['eval_episodes']} "
+        f"best {scoring(best.get('eval_epsilon'))} mean {best['eval_mean']:.1f} +- {best['eval_std']:.1f} over "
+        f"{best['eval_episodes']} "
         f"episodes (min {best['eval_min']:.0f}, max {best['eval_max']:.0f}, weights v{best['eval_version']})")
     if s["solved"] and s["reason"] == "solved":
         head = f"solved {s['env']} in {s['solved_after_s']:.1f} s"

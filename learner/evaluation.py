@@ -87,7 +87,7 @@ def greedy_policy(spec: NetSpec, params: dict) -> Callable[[np.ndarray], np.ndar
     return net
 
 
-def _serve(conn: Connection, spec: NetSpec, env: EnvSpec, episodes: int) -> None:
+def _serve(conn: Connection, spec: NetSpec, env: EnvSpec, episodes: int, epsilon: float) -> None:
     """The evaluator process: evaluate each (params, version, seed) it is sent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the learner decides when it stops
     while True:
@@ -99,7 +99,7 @@ def _serve(conn: Connection, spec: NetSpec, env: EnvSpec, episodes: int) -> None
             return
         params, version, seed = job
         try:
-            result = evaluate(greedy_policy(spec, params), env, episodes, seed, version=version)
+            result = evaluate(greedy_policy(spec, params), env, episodes, seed, version=version, epsilon=epsilon)
         except Exception as exc:  # the user's environment may raise anything
             result = EvaluationError(f"evaluation of version {version} failed: {type(exc).__name__}: {exc}")
         try:
@@ -116,8 +116,8 @@ class BackgroundEvaluator:
     for it and it does not compete with the update loop for the GIL (it takes ~15% of a
     core when it shares the learner's). Weights travel over a local pipe to our own child."""
 
-    def __init__(self, *, spec: NetSpec, env: EnvSpec, episodes: int, seed: int):
-        self._args = (spec, env, episodes)
+    def __init__(self, *, spec: NetSpec, env: EnvSpec, episodes: int, seed: int, epsilon: float = 0.0):
+        self._args = (spec, env, episodes, epsilon)
         self._seed = seed
         self._pending: Optional[dict] = None
         self.result_params: Optional[dict] = None  # the weights behind the last polled result

@@ -63,7 +63,8 @@ class Learner:
         self.prefetcher = Prefetcher([replay, *extra_shards], batch_size=cfg.batch_size,
                                      batches_per_request=cfg.batches_per_request, in_flight=cfg.prefetch,
                                      timeout_s=cfg.sample_timeout_s, retry_s=cfg.sample_retry_s, seed=seed)
-        self.evaluator = BackgroundEvaluator(spec=spec, env=env, episodes=cfg.eval_episodes, seed=seed + 1)
+        self.evaluator = BackgroundEvaluator(spec=spec, env=env, episodes=cfg.eval_episodes, seed=seed + 1,
+                                             epsilon=cfg.eval_epsilon)
         self.telemetry = telemetry or Telemetry(None, "learner")
         self.checkpoint_path = checkpoint_path
         self.max_updates = max_updates
@@ -156,11 +157,12 @@ class Learner:
                         and not self.solved)
         if newly_solved:
             self.solved = True
-            log.info("solved: greedy mean %.1f over %d episodes (version %d, %d updates)",
-                     result.mean, len(result.returns), result.version, self.update.updates)
+            log.info("solved: evaluation mean %.1f over %d episodes, epsilon %g (version %d, %d updates)",
+                     result.mean, len(result.returns), self.cfg.eval_epsilon, result.version, self.update.updates)
         self.telemetry.report({"event": "eval", "eval_mean": result.mean, "eval_std": result.std,
                                "eval_min": result.min, "eval_max": result.max, "eval_version": result.version,
-                               "eval_episodes": len(result.returns), "solved": self.solved,
+                               "eval_episodes": len(result.returns), "eval_epsilon": self.cfg.eval_epsilon,
+                               "solved": self.solved,
                                "updates": self.update.updates})
         if newly_solved:
             self.save_checkpoint()  # the solving weights are on disk at once, whatever happens next

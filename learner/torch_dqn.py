@@ -69,7 +69,9 @@ class TorchDQN(SyncUpdate):
         self.updates = 0
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self._online_params, lr=self.cfg.lr, eps=self.cfg.adam_eps)
+        # fused: one kernel for all parameters instead of a loop of per-tensor ops (Adam
+        # was 15% of a CPU update of the 2013 torso)
+        return torch.optim.Adam(self._online_params, lr=self.cfg.lr, eps=self.cfg.adam_eps, fused=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # fp32 on the CPU; the CUDA learner may use bf16

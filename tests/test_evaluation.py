@@ -111,3 +111,30 @@ def test_epsilon_greedy_evaluation_takes_random_actions_at_that_rate():
     assert greedy.mean < 12 and noisy.mean > 16
     with pytest.raises(ValueError, match="epsilon 1.5 is not a probability"):
         evaluate(AlwaysLeft(), "CartPole-v1", 1, seed=0, epsilon=1.5)
+
+
+@pytest.mark.timeout(120)
+def test_the_background_evaluator_plays_epsilon_greedy_as_learner_eval_epsilon_says():
+    """learner.eval_epsilon reaches the evaluator process: the same returns as `evaluate`
+    with that epsilon and seed, and not those of the greedy policy."""
+    from qfleet.learner.evaluation import BackgroundEvaluator, evaluate, greedy_policy
+
+    spec = NetSpec("mlp", (4,), 2, (8,))
+    params = {"torso.0.weight": np.zeros((8, 4), np.float32), "torso.0.bias": np.zeros(8, np.float32),
+              "head.weight": np.zeros((2, 8), np.float32), "head.bias": np.array([1.0, 0.0], np.float32)}
+    env = describe_env("CartPole-v1")
+    results = {}
+    for epsilon in (0.0, 1.0):
+        evaluator = BackgroundEvaluator(spec=spec, env=env, episodes=32, seed=5, epsilon=epsilon)
+        try:
+            assert evaluator.submit(params, version=1)
+            while (result := evaluator.poll(timeout=0.5)) is None:
+                pass
+        finally:
+            evaluator.close()
+        direct = evaluate(greedy_policy(spec, params), env, 32, seed=5, epsilon=epsilon)
+        assert result.returns.tolist() == direct.returns.tolist()
+        results[epsilon] = result.mean
+    # always pushing left topples the pole in ~9 steps; uniformly random actions last ~22
+    assert results[0.0] < 12 and results[1.0] > 16
+    assert LearnerConfig().eval_epsilon == 0.0  # greedy unless asked

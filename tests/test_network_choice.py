@@ -43,7 +43,8 @@ AUTO = [
 ]
 SPECS = [choose_net(obs_shape=shape, obs_dtype=dtype, num_actions=6) for (shape, dtype), _ in AUTO] + [
     choose_net(obs_shape=FLOAT_FRAMES[0], obs_dtype=np.float32, num_actions=3, network="cnn", dueling=True),
-    choose_net(obs_shape=MINATAR[0], obs_dtype=np.bool_, num_actions=3, network="mlp")]
+    choose_net(obs_shape=MINATAR[0], obs_dtype=np.bool_, num_actions=3, network="mlp"),
+    choose_net(obs_shape=ATARI[0], obs_dtype=np.uint8, num_actions=6, torso="nips2013")]
 
 
 def observations(shape: tuple, dtype, n: int, seed: int = 0) -> np.ndarray:
@@ -85,6 +86,26 @@ def test_learner_network_forces_either_kind(space):
     forced = plan.net_spec(config(network="cnn", cnn_hidden=(64,)), env_spec(*space))
     assert forced.kind == "cnn" and forced.hidden == (64,)
     assert forced.input_scale == pytest.approx(1 / 255 if dtype == np.uint8 else 1.0)  # floats: as they are
+
+
+def test_learner_torso_forces_a_torso_and_refuses_frames_too_small_for_it():
+    atari = env_spec(*ATARI, 6)
+    small = plan.net_spec(config(torso="nips2013"), atari)
+    assert (small.torso, small.hidden) == ("nips2013", (256,))
+    # Mnih et al. 2013: 16 8x8 stride 4 -> 20x20, 32 4x4 stride 2 -> 9x9, then 256 units
+    assert param_shapes(small)["conv.0.weight"] == (16, 4, 8, 8)
+    assert param_shapes(small)["conv.2.weight"] == (32, 16, 4, 4)
+    assert param_shapes(small)["torso.0.weight"] == (256, 9 * 9 * 32)
+    assert plan.net_spec(config(torso="nips2013", cnn_hidden=(128,)), atari).hidden == (128,)
+    assert plan.net_spec(config(torso="minatar"), atari).torso == "minatar"  # any torso fits 84x84
+    assert plan.net_spec(config(), atari).torso == "nature"                   # auto
+    with pytest.raises(ConfigError, match=r"learner.torso = 'nips2013' for Test-v0: frames of 10x10 are too "
+                                          r"small for the nips2013 torso \(needs 20x20\)"):
+        plan.net_spec(config(torso="nips2013"), env_spec(*MINATAR))
+    with pytest.raises(ConfigError, match="frames of 10x10 are too small for the nature torso"):
+        plan.net_spec(config(torso="nature"), env_spec(*MINATAR))
+    with pytest.raises(ValueError, match="unknown CNN torso 'resnet'"):
+        choose_net(obs_shape=ATARI[0], obs_dtype=np.uint8, num_actions=6, torso="resnet")
 
 
 def test_the_cartpole_pixel_run_keeps_its_network_and_parameter_names():

@@ -7,11 +7,12 @@ process on synthetic batches shaped like each case's observations:
 - mlp: CartPole vectors, the default 128x128 MLP, batches of 256;
 - cnn: CartPole's 4x84x84 uint8 pixel stacks, the Nature CNN, batches of 64;
 - atari: 4x84x84 uint8 Atari stacks, the Nature CNN with 6 actions, batches of 32;
+- atari-nips2013: the same with the 2013 DQN torso (learner.torso = nips2013);
 - minatar: 10x10x4 bool HWC MinAtar grids (Breakout), the MinAtar paper's small CNN with
   6 actions, batches of 32.
 
 The networks are what `common.netspec.choose_net` gives those observations under
-learner.network = auto. `--cases minatar:256` overrides a case's batch size. A case is
+learner.network = auto (and learner.torso = auto but for atari-nips2013). `--cases minatar:256` overrides a case's batch size. A case is
 driven as the learner loop drives it: submit, collect at the implementation's depth, a
 weight snapshot every publish_every updates. Timing starts after a warm-up (which includes
 CUDA graph capture) and runs for --seconds, in a fresh process with the learner's thread
@@ -54,15 +55,18 @@ class Case(NamedTuple):
     num_actions: int
     batch_size: int
     system_flags: Optional[list]  # `qfleet train` flags of the full-system run; None: isolated only
+    torso: str = "auto"
 
     def spec(self) -> NetSpec:
-        return choose_net(obs_shape=self.obs_shape, obs_dtype=self.obs_dtype, num_actions=self.num_actions)
+        return choose_net(obs_shape=self.obs_shape, obs_dtype=self.obs_dtype, num_actions=self.num_actions,
+                          torso=self.torso)
 
 
 CASES = {
     "mlp": Case((4,), np.float32, 2, 256, []),
     "cnn": Case((4, 84, 84), np.uint8, 2, 64, ["--config", str(PIXEL_CONFIG)]),
     "atari": Case((4, 84, 84), np.uint8, 6, 32, None),
+    "atari-nips2013": Case((4, 84, 84), np.uint8, 6, 32, None, torso="nips2013"),
     "minatar": Case((10, 10, 4), np.bool_, 6, 32, None),
 }
 
