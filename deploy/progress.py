@@ -169,7 +169,9 @@ class Progress:
 
     def snapshot(self) -> dict:
         """The metrics of one status tick, with namespaced names (common.metrics.METRICS)."""
-        steps, updates = self.env_steps(), self.learner.get("updates", 0)
+        # None until the learner's first report: a resumed learner then reports its
+        # checkpoint's count, which is no rate (it made a 10^4/s spike in the first tick)
+        steps, updates = self.env_steps(), self.learner.get("updates")
         lags = np.array(list(self.lags_ms)[-1000:]) if self.lags_ms else None
         return {
             "actors/env_steps": steps,
@@ -177,8 +179,8 @@ class Progress:
             "actors/transitions_sent": self.sent(),
             "actors/policy_lag_versions": self.policy_lag_versions(),
             "actors/policy_lag_ms_p50": float(np.percentile(lags, 50)) if lags is not None else None,
-            "learner/updates": updates,
-            "learner/updates_per_s": self.rate("updates", updates),
+            "learner/updates": updates or 0,
+            "learner/updates_per_s": 0.0 if updates is None else self.rate("updates", updates),
             "learner/loss": self.learner.get("loss"),
             "learner/version": self.learner.get("version"),
             "learner/data_wait_fraction": self.learner.get("data_wait_fraction"),

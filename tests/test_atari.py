@@ -2,6 +2,8 @@
 ALE ids get (4, 84, 84) uint8 stacks from ale-py's native vector env and the Nature CNN;
 the learner's rewards are clipped and a lost life ends its n-step return, while episodes,
 evaluation and reported scores keep the game's raw rewards over all lives."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -106,13 +108,14 @@ def test_evaluation_scores_are_the_games_raw_rewards():
     assert result.mean == raw and raw > clipped > 0
 
 
-@pytest.mark.parametrize("name", ["atari.yaml", "minatar.yaml", "cartpole-pixels.yaml"])
+CONFIGS = Path(__file__).resolve().parents[1] / "deploy" / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_the_committed_configs_load(name):
     """Every field of the shipped configs exists and is in range; where the game's extra is
     installed, its environment is the one the config is written for."""
-    from pathlib import Path
-
-    cfg = load_config(Path(__file__).resolve().parents[1] / "deploy" / "configs" / name)
+    cfg = load_config(CONFIGS / name)
     module = {"ALE": "ale_py", "MinAtar": "minatar"}.get(cfg.run.env.split("/")[0])
     if module and available(module):
         spec = describe_env(cfg.run.env, env_kwargs=cfg.run.env_kwargs, preset=cfg.run.preset)

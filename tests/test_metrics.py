@@ -72,3 +72,18 @@ def test_many_episodes_in_one_tick_all_reach_the_csv_and_an_even_subset_gets_rec
     assert len(returns) == EPISODE_RECORDS_PER_CALL and returns[0] == 0 and returns[-1] == n - 1
     gaps = np.diff(returns)
     assert gaps.min() >= 3 and gaps.max() <= 4  # evenly spaced over the whole tick
+
+
+def test_a_resumed_learners_first_count_is_not_a_rate():
+    """A resumed learner's first report carries its checkpoint's update count; the status
+    tick before it saw none, and the rate starts from that count, not from zero."""
+    from qfleet.common.messages import Report
+    from qfleet.deploy.progress import Progress
+
+    progress = Progress(1, resumed={"env_steps": 50_000, "episodes": 40})
+    assert progress.snapshot()["learner/updates_per_s"] == 0.0
+    progress.take(Report("learner", 0, {"updates": 18_664, "version": 300}))
+    first = progress.snapshot()
+    assert (first["learner/updates"], first["learner/updates_per_s"]) == (18_664, 0.0)
+    progress.take(Report("learner", 0, {"updates": 18_700, "version": 301}))
+    assert 0 < progress.snapshot()["learner/updates_per_s"]
