@@ -133,7 +133,7 @@ class LearnerConfig:
     """Convolutional torso of a CNN Q-network. 'auto': the Nature torso for frames of at
     least 36x36, the MinAtar one below. 'nips2013' is the first DQN's (Mnih et al. 2013:
     16 8x8 stride 4, 32 4x4 stride 2, 256 dense units), a third of the Nature torso's
-    arithmetic: about 2.7x the updates per second of a CPU learner on 84x84 frames
+    arithmetic: twice the updates per second of a CPU learner on 84x84 frames
     (docs/games.md)."""
     cnn_hidden: tuple[int, ...] = setting((), ge=1)
     """Dense layer sizes after the convolutional torso of the CNN Q-network; empty (the
