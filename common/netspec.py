@@ -9,7 +9,7 @@ actors need no torch (faster start-up, less memory), and its output matches torc
 This module imports no other part of qfleet: `common.networks` (torch) builds on it, and
 `common.policy` picks between the two.
 
-Two convolutional torsos, each followed by dense layers and the same heads as the MLP:
+Three convolutional torsos, each followed by dense layers and the same heads as the MLP:
 
 - 'nature', the DQN torso of Mnih et al. (2015): 32 8x8 stride 4, 64 4x4 stride 2,
   64 3x3 stride 1, ReLU after each, no normalisation, then 512 dense units. Made for 84x84

@@ -1,4 +1,4 @@
-"""The Double DQN update in torch: the CPU learner for CNNs (either torso of
+"""The Double DQN update in torch: the CPU learner for CNNs (any torso of
 `common.netspec`), and the update body that the CUDA learner (`learner.device_dqn`)
 captures in a CUDA graph.
 
