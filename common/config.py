@@ -232,7 +232,8 @@ class RunConfig:
     backend: str = setting("local", choices=("local", "ray"))
     """Where the components run: plain local processes, or Ray actors."""
     max_seconds: float = setting(600.0, gt=0)
-    """Wall-clock budget of the run."""
+    """Wall-clock budget of this session: a resumed run gets it afresh, while its records'
+    time stamps (time/elapsed_s) go on from the earlier sessions' seconds."""
     max_env_steps: int = setting(0, ge=0)
     """Env-step budget (all actors together); 0 means no limit."""
     max_updates: int = setting(0, ge=0)

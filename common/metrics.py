@@ -34,7 +34,7 @@ EPISODE_RECORDS_PER_CALL = 250
 # name -> meaning. `step` and `time/elapsed_s` are the axes of every record.
 METRICS = {
     "step": "env steps (all actors) when the record was written: the TensorBoard step axis",
-    "time/elapsed_s": "seconds since the run started",
+    "time/elapsed_s": "seconds of training since the run started (a resumed run goes on from its earlier sessions' seconds)",
     "train/episode_return": "return of one finished training episode (one record per episode, up to 250 per status tick; `episodes.csv` has them all)",
     "train/episode_length": "length of that episode in env steps",
     "train/episodes": "training episodes finished so far",
@@ -133,9 +133,12 @@ class MetricsWriter:
         writer.close()
     """
 
-    def __init__(self, *, run_dir: str | Path, tensorboard: bool = True, started_wall: Optional[float] = None):
+    def __init__(self, *, run_dir: str | Path, tensorboard: bool = True, started_wall: Optional[float] = None,
+                 resumed_at_s: float = 0.0):
         self.run_dir = Path(run_dir)
-        self.started_wall = time.time() if started_wall is None else started_wall
+        # The wall-clock time of elapsed_s 0: a resumed run's records go on from the seconds
+        # of its earlier sessions (resumed_at_s), while TensorBoard wants the real time.
+        self.started_wall = (time.time() if started_wall is None else started_wall) - resumed_at_s
         self._jsonl = JsonlWriter(self.run_dir / "metrics.jsonl")
         self._tensorboard = tensorboard
         self._tb: Optional[TensorBoardEvents] = None  # opened at the first record: the launcher starts sooner

@@ -128,7 +128,8 @@ def choose_net(*, obs_shape: tuple, obs_dtype, num_actions: int, network: str = 
     flattens any observation (an MLP sees raw values, uint8 frames are not scaled); 'cnn'
     uses the shape rule of `channel_layout` for any dtype (floats are taken as already
     scaled). torso 'auto' follows the frame size (`torso_for`), a TORSOS key forces that
-    torso (ValueError when the frames are smaller than it takes); cnn_hidden empty means
+    torso (ValueError when the frames are smaller than it takes, or when the observations
+    get an MLP); cnn_hidden empty means
     that torso's own dense layer (512, 256 or 128), hidden are the MLP's layers.
     """
     if network not in NETWORKS:
@@ -142,6 +143,10 @@ def choose_net(*, obs_shape: tuple, obs_dtype, num_actions: int, network: str = 
                          f"{IMAGE_MIN_SIDE}x{IMAGE_MIN_SIDE} (CHW or HWC); these are {shape} "
                          f"{np.dtype(obs_dtype).name}")
     if layout is None:
+        if torso != "auto":  # a torso the network would never use is a mistake worth naming
+            raise ValueError(f"the {torso} torso is a CNN's, and these observations ({shape} "
+                             f"{np.dtype(obs_dtype).name}) get an MLP; leave learner.torso at 'auto'"
+                             + ("" if network == "mlp" else ", or set learner.network = 'cnn' for frames"))
         return NetSpec("mlp", shape, num_actions, tuple(hidden), dueling)
     _, h, w = frame_shape(shape, layout)
     torso = torso_for(h, w) if torso == "auto" else torso

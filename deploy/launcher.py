@@ -46,7 +46,8 @@ class Launcher:
         self.actor_restarts = 0
         self.core_restarts = 0
         self.faults: list[dict] = []
-        self.metrics = MetricsWriter(run_dir=run_dir, started_wall=self.progress.started_wall)
+        self.metrics = MetricsWriter(run_dir=run_dir, started_wall=self.progress.started_wall,
+                                     resumed_at_s=self.progress.before_s)
         self._files: dict[str, object] = {}
         self.replay_shards: Optional[ReplayShards] = None
         self.relay_restarts = 0
@@ -108,7 +109,7 @@ class Launcher:
             self.progress.take(report)
             if event == "eval":
                 self.metrics.write(Progress.eval_metrics(report.values), step=self.progress.env_steps(),
-                                   elapsed_s=self.progress.elapsed)
+                                   elapsed_s=self.progress.run_s)
             self._note_recovery(report)
         return True
 
@@ -182,7 +183,7 @@ class Launcher:
 
     def _tick(self, final: bool = False) -> None:
         self._poll_replay()
-        elapsed, tick = self.progress.elapsed, self.progress.snapshot()
+        elapsed, tick = self.progress.run_s, self.progress.snapshot()
         self.metrics.episodes(self.progress.take_episodes())
         self.metrics.write(tick, step=tick["actors/env_steps"], elapsed_s=elapsed)
         self.metrics.lags(self.progress.take_lags())
@@ -253,6 +254,7 @@ class Launcher:
                 "solved_threshold": self.plan.solved_threshold,
                 "solved": p.solved_after_s is not None, "solved_after_s": p.solved_after_s,
                 "solved_wall_time": p.solved_wall, "started_wall_time": p.started_wall, "elapsed_s": p.elapsed,
+                "run_elapsed_s": p.run_s,
                 "env_steps": p.env_steps(), "transitions_sent": p.sent(),
                 "sent_by_actor": {str(i): n for i, n in p.sent_by_actor().items()},
                 "updates": p.learner.get("updates", 0), "best_eval": p.best_eval, "evaluations": p.evaluations,

@@ -48,11 +48,20 @@ class Progress:
         self.retired_steps = 0
         self.resumed = dict(resumed or {})
         self.episodes = int(self.resumed.get("episodes", 0))
+        self.before_s = float(self.resumed.get("elapsed_s", 0.0))  # training seconds of earlier sessions
         self.schedules: dict[int, dict] = {}
 
     @property
     def elapsed(self) -> float:
+        """Seconds of this session: what run.max_seconds budgets and the rates divide by."""
         return time.monotonic() - self.started
+
+    @property
+    def run_s(self) -> float:
+        """Seconds of the whole run, earlier sessions of a resumed run included: the time
+        stamp of every record (metrics, episodes, lags, evaluations), so that the segments
+        of a resumed run follow each other on a time axis instead of overlapping."""
+        return self.before_s + self.elapsed
 
     def take(self, report: m.Report) -> None:
         v = report.values
@@ -64,13 +73,13 @@ class Progress:
         elif event == "error":
             self.errors.append(f"{name}: {v.get('message')}")
         elif event == "eval":
-            record = {**v, "elapsed_s": self.elapsed}
+            record = {**v, "elapsed_s": self.run_s}
             self.evals.append(record)
             self.evaluations += 1
             if self.best_eval is None or record["eval_mean"] > self.best_eval["eval_mean"]:
                 self.best_eval = record
             if v.get("solved") and self.solved_after_s is None:
-                self.solved_after_s, self.solved_wall = self.elapsed, time.time()
+                self.solved_after_s, self.solved_wall = self.run_s, time.time()
         elif event == "finished" and report.role == "learner":
             self.learner_summary = dict(v)
         elif event == "finished" and report.role == "replay":
@@ -88,7 +97,7 @@ class Progress:
         if report.episode_returns is not None and len(report.episode_returns):
             # The episodes ended between this actor's previous report and this one: spread
             # their step stamps over the steps that reports added meanwhile.
-            now, n = self.elapsed, len(report.episode_returns)
+            now, n = self.run_s, len(report.episode_returns)
             stamps = np.linspace(steps_before, self.env_steps(), n + 1)[1:].round().astype(int).tolist()
             for ret, length, step in zip(report.episode_returns.tolist(), report.episode_lengths.tolist(), stamps):
                 self.returns100.append(ret)
@@ -96,12 +105,12 @@ class Progress:
             self.episodes += len(report.episode_returns)
         if report.lag_ms is not None and len(report.lag_ms):
             self.lags_ms.extend(report.lag_ms.tolist())
-            now = self.elapsed
+            now = self.run_s
             self.new_lags += [(now, report.index, "ms", x) for x in report.lag_ms.tolist()]
         if report.role == "actor" and event is None and v.get("weights_version", -1) >= 0:
-            self._version_probes.append((self.elapsed, report.index, v["weights_version"]))
+            self._version_probes.append((self.run_s, report.index, v["weights_version"]))
         if report.role == "learner" and event is None and "version" in v:
-            self._learner_versions.append((self.elapsed, v["version"]))
+            self._learner_versions.append((self.run_s, v["version"]))
             self._resolve_version_lags()
 
     def take_replay(self, stats: dict[int, dict]) -> None:
@@ -133,7 +142,7 @@ class Progress:
 
     def run_state(self) -> dict:
         """What a checkpoint keeps of the run besides the learner: counters and exploration."""
-        return {"env_steps": self.env_steps(), "episodes": self.episodes,
+        return {"env_steps": self.env_steps(), "episodes": self.episodes, "elapsed_s": round(self.run_s, 3),
                 "schedules": {str(i): self.schedule_for(i) for i in range(self.num_actors)
                               if self.schedule_for(i) is not None}}
 

@@ -38,7 +38,7 @@ def run_training(cfg: QfleetConfig, *, resume: Optional[Path] = None, say: Calla
     else:
         run_dir = make_run_dir(cfg.run.run_dir, cfg.run.name, cfg.run.env)
     save_config(cfg, run_dir / "config.yaml")  # what the user set; the plan is derived again on --resume
-    say_plan(cfg, plan, run_dir, resuming=resume_state is not None, say=say)
+    say_plan(cfg, plan, run_dir, resumed=resume_state, say=say)
     if cfg.run.backend == "ray":
         from qfleet.deploy.ray.backend import RayLauncher
 
@@ -73,9 +73,9 @@ def check_resume(run_dir: Path, cfg: QfleetConfig, plan: RunPlan,
         ended = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         ended = {}
-    for key in ("env_steps", "episodes"):
-        if isinstance(ended.get(key), int):
-            state[key] = max(int(state.get(key, 0)), ended[key])
+    for key, ended_key in (("env_steps", "env_steps"), ("episodes", "episodes"), ("elapsed_s", "run_elapsed_s")):
+        if isinstance(ended.get(ended_key), (int, float)) and not isinstance(ended.get(ended_key), bool):
+            state[key] = max(state.get(key, 0), ended[ended_key])
     return state
 
 
@@ -103,12 +103,15 @@ def check_replay_snapshots(run_dir: Path, cfg: QfleetConfig, plan: RunPlan,
             f"{done.transitions:,} transitions{dropped}; the previous snapshots are kept in {done.kept_in}")
 
 
-def say_plan(cfg: QfleetConfig, plan: RunPlan, run_dir: Path, *, resuming: bool, say) -> None:
+def say_plan(cfg: QfleetConfig, plan: RunPlan, run_dir: Path, *, resumed: Optional[dict], say) -> None:
+    """The run's plan in a few lines; `resumed` is the checkpoint's run state when resuming."""
     env = plan.env
     shards = f"; {plan.shards} replay shards" if plan.shards > 1 else ""
     solved = ("no solved threshold (it runs until a budget)" if plan.solved_threshold is None
               else f"solved at {scoring(cfg.learner.eval_epsilon)} mean >= {plan.solved_threshold}")
-    say(f"qfleet: {'resuming' if resuming else 'training'} {env.env_id} with {plan.actors} actor(s) x "
+    at = ("" if resumed is None else
+          f" at {float(resumed.get('elapsed_s', 0)):.0f} s, {int(resumed.get('env_steps', 0)):,} env steps")
+    say(f"qfleet: {'resuming' if resumed is not None else 'training'} {env.env_id}{at} with {plan.actors} actor(s) x "
         f"{cfg.actor.envs_per_actor} envs{shards}; {solved}; run directory {run_dir}")
     if env.preset == "atari":
         say(f"qfleet: Atari preset (common/atari.py): stacks of {env.obs_shape[0]} {env.obs_shape[1]}x"
@@ -133,12 +136,18 @@ def final_message(s: dict) -> str:
         f"best {scoring(best.get('eval_epsilon'))} mean {best['eval_mean']:.1f} +- {best['eval_std']:.1f} over "
         f"{best['eval_episodes']} "
         f"episodes (min {best['eval_min']:.0f}, max {best['eval_max']:.0f}, weights v{best['eval_version']})")
+    # A resumed run's times count its earlier sessions too (solved_after_s, metrics);
+    # elapsed_s is this session's.
+    earlier = s.get("run_elapsed_s", s["elapsed_s"]) - s["elapsed_s"]
+    of_run = " of training (earlier sessions included)" if earlier > 0.5 else ""
     if s["solved"] and s["reason"] == "solved":
-        head = f"solved {s['env']} in {s['solved_after_s']:.1f} s"
+        head = f"solved {s['env']} in {s['solved_after_s']:.1f} s{of_run}"
     else:  # with run.stop_when_solved=false a solved run still ends on a budget: say both
         head = f"stopped ({s['reason']}) after {s['elapsed_s']:.1f} s"
+        if earlier > 0.5:
+            head += f" ({s['run_elapsed_s']:.1f} s with the earlier sessions)"
         if s["solved"]:
-            head += f", having solved {s['env']} at {s['solved_after_s']:.1f} s"
+            head += f", having solved {s['env']} at {s['solved_after_s']:.1f} s{of_run}"
     logs = "logs/" if s.get("backend") != "ray" else "component logs on their nodes under /tmp/qfleet/"
     events = "TensorBoard events, " if any(Path(s["run_dir"]).glob("events.out.tfevents.*")) else ""
     return (f"qfleet: {head}: {ev}\n"

@@ -87,3 +87,27 @@ def test_a_resumed_learners_first_count_is_not_a_rate():
     assert (first["learner/updates"], first["learner/updates_per_s"]) == (18_664, 0.0)
     progress.take(Report("learner", 0, {"updates": 18_700, "version": 301}))
     assert 0 < progress.snapshot()["learner/updates_per_s"]
+
+
+def test_a_resumed_runs_records_go_on_from_its_earlier_sessions_seconds():
+    """Episodes, evaluations and policy lags of a resumed run are stamped with the run's
+    seconds (earlier sessions included), and the checkpoint's run state carries them on;
+    the session's own clock (what run.max_seconds budgets) starts from zero."""
+    from qfleet.common.messages import Report
+    from qfleet.deploy.progress import Progress
+
+    fresh = Progress(1)
+    progress = Progress(1, resumed={"env_steps": 50_000, "episodes": 40, "elapsed_s": 600.0})
+    assert fresh.run_s < 60 and progress.elapsed < 60
+    assert 600.0 <= progress.run_s < 660
+    progress.take(Report("actor", 0, {"env_steps": 100, "weights_version": 3},
+                         episode_returns=np.array([12.0]), episode_lengths=np.array([12]),
+                         lag_ms=np.array([4.0])))
+    progress.take(Report("learner", 0, {"event": "eval", "eval_mean": 9.0, "solved": True}))
+    (episode,) = progress.take_episodes()
+    assert 600.0 <= episode.elapsed_s < 660 and episode.env_steps == 50_100
+    assert [row[0] >= 600.0 for row in progress.take_lags()] == [True]
+    assert 600.0 <= progress.best_eval["elapsed_s"] < 660 and 600.0 <= progress.solved_after_s < 660
+    state = progress.run_state()
+    assert 600.0 <= state["elapsed_s"] < 660 and state["env_steps"] == 50_100 and state["episodes"] == 41
+    assert fresh.run_state()["elapsed_s"] < 60

@@ -104,6 +104,14 @@ def test_learner_torso_forces_a_torso_and_refuses_frames_too_small_for_it():
         plan.net_spec(config(torso="nips2013"), env_spec(*MINATAR))
     with pytest.raises(ConfigError, match="frames of 10x10 are too small for the nature torso"):
         plan.net_spec(config(torso="nature"), env_spec(*MINATAR))
+    # a torso asked of observations that get an MLP would be ignored: refused instead
+    with pytest.raises(ConfigError, match=r"learner.network = 'auto', learner.torso = 'nips2013' for Test-v0: the "
+                                          r"nips2013 torso is a CNN's, and these observations \(\(4,\) float32\) "
+                                          r"get an MLP; leave learner.torso at 'auto', or set learner.network = 'cnn'"):
+        plan.net_spec(config(torso="nips2013"), env_spec(*CARTPOLE))
+    with pytest.raises(ConfigError, match="learner.network = 'mlp', learner.torso = 'nature' for Test-v0: the "
+                                          "nature torso is a CNN's"):
+        plan.net_spec(config(network="mlp", torso="nature"), atari)
     with pytest.raises(ValueError, match="unknown CNN torso 'resnet'"):
         choose_net(obs_shape=ATARI[0], obs_dtype=np.uint8, num_actions=6, torso="resnet")
 

@@ -33,12 +33,14 @@ def test_resume_continues_everything_with_more_actors(qfleet_cmd, tmp_path):
     assert set(meta1["run_state"]["schedules"]) == {"0", "1"}
 
     assert meta1["updates"] > 0
+    metrics1 = (run / "metrics.jsonl").read_text()
     second = subprocess.run(base + ["--resume", str(run), "--actors", "3",
                                     "--set", f"run.max_env_steps={SECOND_STEPS}"],
                             capture_output=True, text=True, env=python_env(), timeout=HANG_GUARD_S + 60)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "stopped (env-step budget reached)" in second.stdout, second.stdout[-3000:]
-    assert "resuming CartPole-v1 with 3 actor(s)" in second.stdout
+    assert f"resuming CartPole-v1 at {s1['run_elapsed_s']:.0f} s, {s1['env_steps']:,} env steps with 3 actor(s)" \
+        in second.stdout
     s2 = json.loads((run / "summary.json").read_text())
     arrays2, meta2 = load_checkpoint(run)
 
@@ -54,6 +56,11 @@ def test_resume_continues_everything_with_more_actors(qfleet_cmd, tmp_path):
     assert f"({s1['replay']['size']} transitions)" in log.split("replay restored from")[1].splitlines()[0]
     assert s2["replay"]["inserted"] > s1["replay"]["inserted"]
     assert s2["replay"]["stored_by_actor.2"] > 0
-    # metrics are appended, not replaced
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) > len([l for l in lines if '"time/elapsed_s"' in l]) // 2
+    # metrics are appended, not replaced, and the second session's time stamps go on from
+    # the first's seconds (its session clock, elapsed_s, starts again from zero)
+    metrics2 = (run / "metrics.jsonl").read_text()
+    assert metrics2.startswith(metrics1) and len(metrics2) > len(metrics1)
+    assert s2["run_elapsed_s"] == pytest.approx(s1["run_elapsed_s"] + s2["elapsed_s"], abs=0.5)
+    assert meta2["run_state"]["elapsed_s"] <= s2["run_elapsed_s"]
+    ticks = [json.loads(line)["time/elapsed_s"] for line in metrics2.splitlines() if '"actors/env_steps"' in line]
+    assert ticks == sorted(ticks) and ticks[-1] > s1["run_elapsed_s"] > ticks[0]
