@@ -1,0 +1,98 @@
+"""Redraw docs/minatar-seeds.png and docs/minatar-paper.png from the JSON beside this file.
+
+    python docs/bench/draw_minatar.py      # needs matplotlib (`pip install 'qfleet[plots]'`)
+
+The run directories these figures came from are not kept; their evaluations are, in
+minatar-seeds.json (the -v1 seeds table of docs/games.md) and minatar-paper.json (the -v0
+runs beside the MinAtar paper's DQN). Redrawing from them keeps the figures and the tables
+of docs/games.md telling the same story.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DOCS = HERE.parent
+SEED_COLORS = {"0": "tab:blue", "1": "tab:orange", "2": "tab:green"}
+
+
+def draw_seeds(out: Path = DOCS / "minatar-seeds.png") -> Path:
+    """Greedy evaluations of every -v1 seed, against minutes and env frames: the earlier
+    minatar.yaml settings dotted and thin, the present ones solid."""
+    data = json.loads((HERE / "minatar-seeds.json").read_text())
+    settings = [("earlier settings (lr 2.5e-3, tau 0.02)", data["games"], dict(ls=":", lw=1.0, alpha=0.7)),
+                ("present settings (lr 6.25e-4, tau 0.005)", data["present_settings"], dict(ls="-", lw=1.6))]
+    games = list(data["games"])
+    fig, axes = plt.subplots(len(games), 2, figsize=(13, 4.4 * len(games)), squeeze=False)
+    for row, game in enumerate(games):
+        for label, runs, style in settings:
+            for seed, run in sorted(runs.get(game, {}).items()):
+                ev = run["evaluations"]
+                y = [e["eval_mean"] for e in ev]
+                name = f"seed {seed}, {label}"
+                axes[row][0].plot([e["elapsed_s"] / 60 for e in ev], y, color=SEED_COLORS[seed], label=name, **style)
+                axes[row][1].plot([e["env_steps"] / 1e6 for e in ev], y, color=SEED_COLORS[seed], label=name, **style)
+        axes[row][0].set_title(f"MinAtar {game}: greedy mean of 30 episodes")
+        axes[row][0].set_xlabel("minutes")
+        axes[row][1].set_title(f"MinAtar {game}: against env frames")
+        axes[row][1].set_xlabel("million frames (env steps)")
+        for ax in axes[row]:
+            ax.set_ylabel("score")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def paper_style(name: str) -> dict:
+    """One look per kind of run, read from the run's name in minatar-paper.json."""
+    if "samples_per_insert 8" in name:
+        return dict(color="tab:purple", marker="D", ls="-", lw=1.6)
+    if "6.25e-4" in name:
+        seed_ls = {"seed 0": ":", "seed 1": "-", "seed 2": "--"}
+        ls = next((v for k, v in seed_ls.items() if k in name), "-")
+        return dict(color="tab:green", marker="^", ls=ls, lw=1.2)
+    if "paper exploration" in name:
+        return dict(color="tab:orange", marker="s", ls="-", lw=1.0, alpha=0.6)
+    return dict(color="tab:blue", marker="o", ls="-", lw=1.0, alpha=0.6)
+
+
+def draw_paper(out: Path = DOCS / "minatar-paper.png") -> Path:
+    """qfleet's epsilon-0.1 evaluations on the -v0 games against env frames, with the
+    paper's DQN score at 5M frames as a dashed line."""
+    data = json.loads((HERE / "minatar-paper.json").read_text())
+    games = ["Breakout", "SpaceInvaders"]
+    fig, axes = plt.subplots(1, len(games), figsize=(13, 4.8))
+    for ax, game in zip(axes, games):
+        for name, run in data["runs"].items():
+            if not name.startswith(f"{game}-v0"):
+                continue
+            ev = run["evaluations"]
+            ax.plot([e["frames"] / 1e6 for e in ev], [e["mean"] for e in ev], ms=3,
+                    label=run.get("label", name), **paper_style(name))
+        paper = data["paper_dqn_approx"]["values"][game]
+        ax.axhline(paper, color="tab:red", ls="--",
+                   label=f"MinAtar paper's DQN at 5M frames, epsilon 0.1 (~{paper:g}, read off its figure)")
+        ax.axvline(5, color="grey", ls=":", lw=1)
+        ax.set_title(f"MinAtar/{game}-v0 (6 actions): qfleet evaluations at epsilon 0.1 (30 episodes)", fontsize=9)
+        ax.set_xlabel("env frames (millions; 20-30 minutes on the 2-core machines)")
+        ax.set_ylabel("score")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+if __name__ == "__main__":
+    print(draw_seeds())
+    print(draw_paper())
