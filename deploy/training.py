@@ -73,10 +73,18 @@ def check_resume(run_dir: Path, cfg: QfleetConfig, plan: RunPlan,
         ended = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         ended = {}
-    for key, ended_key in (("env_steps", "env_steps"), ("episodes", "episodes"), ("elapsed_s", "run_elapsed_s")):
+    for key, ended_key in (("env_steps", "env_steps"), ("episodes", "episodes"), ("elapsed_s", "run_elapsed_s"),
+                           ("evaluations", "evaluations")):
         if isinstance(ended.get(ended_key), (int, float)) and not isinstance(ended.get(ended_key), bool):
             state[key] = max(state.get(key, 0), ended[ended_key])
+    state["best_eval"] = best_of(state.get("best_eval"), ended.get("best_eval"))
     return state
+
+
+def best_of(*records) -> Optional[dict]:
+    """The evaluation record with the highest eval_mean, ignoring what is not one."""
+    records = [r for r in records if isinstance(r, dict) and isinstance(r.get("eval_mean"), (int, float))]
+    return max(records, key=lambda r: r["eval_mean"], default=None)
 
 
 def check_replay_snapshots(run_dir: Path, cfg: QfleetConfig, plan: RunPlan,

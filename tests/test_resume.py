@@ -64,3 +64,8 @@ def test_resume_continues_everything_with_more_actors(qfleet_cmd, tmp_path):
     assert meta2["run_state"]["elapsed_s"] <= s2["run_elapsed_s"]
     ticks = [json.loads(line)["time/elapsed_s"] for line in metrics2.splitlines() if '"actors/env_steps"' in line]
     assert ticks == sorted(ticks) and ticks[-1] > s1["run_elapsed_s"] > ticks[0]
+    # evaluations: the summary counts both sessions' (one metrics record each), and the best
+    # of the first session is not forgotten by the second
+    evals = [json.loads(line) for line in metrics2.splitlines() if '"eval/return_mean"' in line]
+    assert s2["evaluations"] == len(evals) >= meta2["run_state"]["evaluations"] > 0
+    assert s2["best_eval"]["eval_mean"] == max(e["eval/return_mean"] for e in evals)
