@@ -22,6 +22,14 @@ DOCS = HERE.parent
 SEED_COLORS = {"0": "tab:blue", "1": "tab:orange", "2": "tab:green"}
 
 
+def label_axes(ax, title: str, xlabel: str, legend_at: str, small: bool = False) -> None:
+    ax.set_title(title, fontsize=9 if small else None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6 if small else 7, loc=legend_at)
+
+
 def draw_seeds(out: Path = DOCS / "minatar-seeds.png") -> Path:
     """Greedy evaluations of every -v1 seed, against minutes and env frames: the earlier
     minatar.yaml settings dotted and thin, the present ones solid."""
@@ -38,14 +46,8 @@ def draw_seeds(out: Path = DOCS / "minatar-seeds.png") -> Path:
                 name = f"seed {seed}, {label}"
                 axes[row][0].plot([e["elapsed_s"] / 60 for e in ev], y, color=SEED_COLORS[seed], label=name, **style)
                 axes[row][1].plot([e["env_steps"] / 1e6 for e in ev], y, color=SEED_COLORS[seed], label=name, **style)
-        axes[row][0].set_title(f"MinAtar {game}: greedy mean of 30 episodes")
-        axes[row][0].set_xlabel("minutes")
-        axes[row][1].set_title(f"MinAtar {game}: against env frames")
-        axes[row][1].set_xlabel("million frames (env steps)")
-        for ax in axes[row]:
-            ax.set_ylabel("score")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="upper left")
+        label_axes(axes[row][0], f"MinAtar {game}: greedy mean of 30 episodes", "minutes", "upper left")
+        label_axes(axes[row][1], f"MinAtar {game}: against env frames", "million frames (env steps)", "upper left")
     fig.tight_layout()
     fig.savefig(out, dpi=80)
     plt.close(fig)
@@ -82,11 +84,8 @@ def draw_paper(out: Path = DOCS / "minatar-paper.png") -> Path:
         ax.axhline(paper, color="tab:red", ls="--",
                    label=f"MinAtar paper's DQN at 5M frames, epsilon 0.1 (~{paper:g}, read off its figure)")
         ax.axvline(5, color="grey", ls=":", lw=1)
-        ax.set_title(f"MinAtar/{game}-v0 (6 actions): qfleet evaluations at epsilon 0.1 (30 episodes)", fontsize=9)
-        ax.set_xlabel("env frames (millions; 20-30 minutes on the 2-core machines)")
-        ax.set_ylabel("score")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
+        label_axes(ax, f"MinAtar/{game}-v0 (6 actions): qfleet evaluations at epsilon 0.1 (30 episodes)",
+                   "env frames (millions; 20-30 minutes on the 2-core machines)", "lower right", small=True)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
