@@ -23,11 +23,15 @@ SEED_COLORS = {"0": "tab:blue", "1": "tab:orange", "2": "tab:green"}
 
 
 def label_axes(ax, title: str, xlabel: str, legend_at: str, small: bool = False) -> None:
+    """Title, labels, grid; the legend at `legend_at` inside the axes, or under them ("below")."""
     ax.set_title(title, fontsize=9 if small else None)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("score")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6 if small else 7, loc=legend_at)
+    if legend_at == "below":
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    else:
+        ax.legend(fontsize=6 if small else 7, loc=legend_at)
 
 
 def draw_seeds(out: Path = DOCS / "minatar-seeds.png") -> Path:
@@ -57,7 +61,9 @@ def draw_seeds(out: Path = DOCS / "minatar-seeds.png") -> Path:
 def paper_style(name: str) -> dict:
     """One look per kind of run, read from the run's name in minatar-paper.json."""
     if "samples_per_insert 8" in name:
-        return dict(color="tab:purple", marker="D", ls="-", lw=1.6)
+        return dict(color="tab:purple", marker="D", ls="-", lw=1.4)
+    if "lr 2.5e-4" in name:
+        return dict(color="tab:brown", marker="v", ls="-", lw=1.4)
     if "6.25e-4" in name:
         seed_ls = {"seed 0": ":", "seed 1": "-", "seed 2": "--"}
         ls = next((v for k, v in seed_ls.items() if k in name), "-")
@@ -72,7 +78,7 @@ def draw_paper(out: Path = DOCS / "minatar-paper.png") -> Path:
     paper's DQN score at 5M frames as a dashed line."""
     data = json.loads((HERE / "minatar-paper.json").read_text())
     games = ["Breakout", "SpaceInvaders"]
-    fig, axes = plt.subplots(1, len(games), figsize=(13, 4.8))
+    fig, axes = plt.subplots(1, len(games), figsize=(13, 7.0))
     for ax, game in zip(axes, games):
         for name, run in data["runs"].items():
             if not name.startswith(f"{game}-v0"):
@@ -85,7 +91,7 @@ def draw_paper(out: Path = DOCS / "minatar-paper.png") -> Path:
                    label=f"MinAtar paper's DQN at 5M frames, epsilon 0.1 (~{paper:g}, read off its figure)")
         ax.axvline(5, color="grey", ls=":", lw=1)
         label_axes(ax, f"MinAtar/{game}-v0 (6 actions): qfleet evaluations at epsilon 0.1 (30 episodes)",
-                   "env frames (millions; 20-30 minutes on the 2-core machines)", "lower right", small=True)
+                   "env frames (millions; 20-30 minutes on the 2-core machines)", "below", small=True)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
