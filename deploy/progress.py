@@ -22,11 +22,7 @@ class Progress:
         self.learner: dict = {}
         self.replay: dict = {}
         self.evals: deque = deque(maxlen=1000)   # newest evaluations (all are in metrics.jsonl)
-        # A resumed run's best evaluation and count go on from its earlier sessions, as the
-        # learner's best policy does (learner.restore).
-        self.best_eval: Optional[dict] = (resumed or {}).get("best_eval")
         self.evaluations = 0   # this session's: run.max_evaluations counts them
-        self.evaluations_before = int((resumed or {}).get("evaluations", 0))
         self.returns100: deque = deque(maxlen=100)
         self.new_episodes: list[Episode] = []
         self.new_lags: list[tuple[float, int, str, float]] = []       # (elapsed, actor, "ms"|"versions", value)
@@ -52,12 +48,21 @@ class Progress:
         self.resumed = dict(resumed or {})
         self.episodes = int(self.resumed.get("episodes", 0))
         self.before_s = float(self.resumed.get("elapsed_s", 0.0))  # training seconds of earlier sessions
+        # A resumed run's best evaluation and count go on from its earlier sessions, as the
+        # learner's best policy does (learner.restore).
+        self.best_eval: Optional[dict] = self.resumed.get("best_eval")
+        self.evaluations_before = int(self.resumed.get("evaluations", 0))
         self.schedules: dict[int, dict] = {}
 
     @property
     def elapsed(self) -> float:
         """Seconds of this session: what run.max_seconds budgets and the rates divide by."""
         return time.monotonic() - self.started
+
+    @property
+    def run_evaluations(self) -> int:
+        """Evaluations of the whole run, earlier sessions of a resumed run included."""
+        return self.evaluations_before + self.evaluations
 
     @property
     def run_s(self) -> float:
@@ -146,7 +151,7 @@ class Progress:
     def run_state(self) -> dict:
         """What a checkpoint keeps of the run besides the learner: counters and exploration."""
         return {"env_steps": self.env_steps(), "episodes": self.episodes, "elapsed_s": round(self.run_s, 3),
-                "best_eval": self.best_eval, "evaluations": self.evaluations_before + self.evaluations,
+                "best_eval": self.best_eval, "evaluations": self.run_evaluations,
                 "schedules": {str(i): self.schedule_for(i) for i in range(self.num_actors)
                               if self.schedule_for(i) is not None}}
 
