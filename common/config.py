@@ -115,9 +115,21 @@ class LearnerConfig:
     batch_size: int = setting(256, ge=1, le=65_536)
     """Transitions per update."""
     lr: float = setting(2.5e-3, gt=0, le=1)
-    """Adam learning rate."""
+    """Step size of the optimizer (learner.optimizer)."""
+    optimizer: str = setting("adam", choices=("adam", "rmsprop"))
+    """'adam', or 'rmsprop': the optimizer of Nature DQN and the MinAtar paper's DQN (which
+    used it centred, with alpha 0.95, eps 0.01, lr 2.5e-4 and batches of 32). A checkpoint
+    resumes with the optimizer that wrote it."""
     adam_eps: float = setting(1e-5, gt=0)
     """Adam epsilon."""
+    rmsprop_alpha: float = setting(0.95, gt=0, lt=1)
+    """RMSprop's decay of its running means of the (squared) gradients."""
+    rmsprop_eps: float = setting(0.01, gt=0)
+    """RMSprop epsilon, added to the root of the (centred) squared-gradient mean as
+    torch.optim.RMSprop adds it."""
+    rmsprop_centered: bool = setting(True)
+    """Centred RMSprop: divide by the gradients' running standard deviation rather than
+    their root mean square."""
     hidden: tuple[int, ...] = setting((128, 128), min_len=1, ge=1)
     """Hidden layer sizes of the MLP Q-network."""
     network: str = setting("auto", choices=("auto", "mlp", "cnn"))

@@ -64,7 +64,7 @@ def check_resume(run_dir: Path, cfg: QfleetConfig, plan: RunPlan,
     from qfleet.learner.learner import check_compatible
 
     _, meta = load_checkpoint(run_dir / "checkpoint.npz")
-    check_compatible(meta, plan.net, plan.env.env_id)
+    check_compatible(meta, plan.net, plan.env.env_id, cfg.learner.optimizer)
     check_replay_snapshots(run_dir, cfg, plan, say)
     state = dict(meta.get("run_state") or {"env_steps": 0, "episodes": 0})
     # A learner that stopped on its update budget wrote its last checkpoint before the final

@@ -7,9 +7,10 @@ mostly waits for the next launch. Here, per update:
 
 1. the batch is packed into pinned host memory and copied to static device tensors with
    one asynchronous copy (`learner.staging`);
-2. one `graph.replay()` runs the whole update (`TorchDQN._update`, captured once: Adam is
-   fused and `capturable`, gradient clipping and Polyak are sync-free foreach ops). A hard
-   target copy, when due, is one foreach copy between replays into the same memory;
+2. one `graph.replay()` runs the whole update (`TorchDQN._update`, captured once: the
+   optimizer is `capturable` (Adam fused, RMSprop foreach), gradient clipping and Polyak
+   are sync-free foreach ops). A hard target copy, when due, is one foreach copy between
+   replays into the same memory;
 3. |TD error| and the loss are copied into pinned memory with an event; `collect` waits
    for them one update later (depth 2), so the host packs and uploads batch t+1 while the
    GPU computes update t;
@@ -17,7 +18,7 @@ mostly waits for the next launch. Here, per update:
    pinned host memory on a side stream (`WeightSnapshot`); the learner takes them when the
    copy has finished, without waiting for updates queued behind it.
 
-CNNs run their forward and backward passes under bf16 autocast (weights, Adam state, the
+CNNs run their forward and backward passes under bf16 autocast (weights, optimizer state, the
 target and the loss stay float32); fp16 is not offered because its dynamic loss scaling
 needs a host sync per step. `learner.cuda_graphs: false` runs the same steps eagerly.
 """
@@ -33,10 +34,11 @@ import torch
 from qfleet.common.config import LearnerConfig
 from qfleet.common.errors import ConfigError
 from qfleet.common.netspec import NetSpec
+from qfleet.learner.optimizers import make_torch_optimizer
 from qfleet.learner.staging import Staging
 from qfleet.learner.torch_dqn import Batch, TorchDQN
 
-WARMUP_STEPS = 3  # eager steps on a side stream before capture (allocator, cuBLAS, Adam state)
+WARMUP_STEPS = 3  # eager steps on a side stream before capture (allocator, cuBLAS, optimizer state)
 
 
 def resolve_precision(requested: str, spec: NetSpec) -> str:
@@ -105,8 +107,7 @@ class DeviceDQN(TorchDQN):
         self._weights = WeightSnapshot(self.online, device)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self._online_params, lr=self.cfg.lr, eps=self.cfg.adam_eps,
-                                capturable=True, fused=True)
+        return make_torch_optimizer(self._online_params, self.cfg, capturable=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":  # the autocast weight cache must be off inside a captured graph
@@ -199,7 +200,7 @@ class DeviceDQN(TorchDQN):
         with torch.no_grad():
             return {"online": [p.clone() for p in self._online_params],
                     "target": [p.clone() for p in self._target_params],
-                    "adam": {i: {k: v.clone() for k, v in self.optimizer.state[p].items()}
+                    "optimizer": {i: {k: v.clone() for k, v in self.optimizer.state[p].items()}
                              for i, p in enumerate(self._online_params) if self.optimizer.state.get(p)}}
 
     def _restore_training_tensors(self, saved: dict) -> None:
@@ -207,7 +208,7 @@ class DeviceDQN(TorchDQN):
             torch._foreach_copy_(self._online_params, saved["online"])
             torch._foreach_copy_(self._target_params, saved["target"])
             for i, p in enumerate(self._online_params):
-                before = saved["adam"].get(i, {})
+                before = saved["optimizer"].get(i, {})
                 for key, value in self.optimizer.state[p].items():  # created by the warm-up if new
                     if key in before:
                         value.copy_(before[key])

@@ -25,6 +25,7 @@ from qfleet.common.telemetry import Telemetry
 from qfleet.learner.backend import make_update, resolve_backend
 from qfleet.learner.checkpoint import save_checkpoint, spec_differences, spec_from_meta
 from qfleet.learner.evaluation import BackgroundEvaluator, EvalResult
+from qfleet.learner.optimizers import checkpoint_optimizer
 from qfleet.learner.prefetch import Prefetcher
 from qfleet.learner.publisher import WeightPublisher
 from qfleet.replay_server.client import ReplayClient
@@ -34,13 +35,18 @@ log = logging.getLogger("qfleet.learner")
 REPORT_EVERY_S = 0.5
 
 
-def check_compatible(meta: dict, spec: NetSpec, env_id: str) -> None:
+def check_compatible(meta: dict, spec: NetSpec, env_id: str, optimizer: str) -> None:
     """CheckpointError naming every difference between a checkpoint and this run."""
     diffs = spec_differences(spec_from_meta(meta.get("net_spec")), spec)
     if meta.get("env_id") != env_id:
         diffs.append(f"env: checkpoint {meta.get('env_id')!r}, this run {env_id!r}")
+    saved = checkpoint_optimizer(meta)
+    if saved != optimizer:  # its state would not carry over
+        diffs.append(f"optimizer: checkpoint {saved!r}, this run {optimizer!r} "
+                     f"(resume with --set learner.optimizer={saved})")
     if diffs:
-        raise CheckpointError("the checkpoint does not fit this run's network or environment: " + "; ".join(diffs))
+        raise CheckpointError("the checkpoint does not fit this run's network, environment or optimizer: "
+                              + "; ".join(diffs))
 
 
 class Learner:
@@ -199,6 +205,7 @@ class Learner:
             "mean": self.best.mean, "std": self.best.std, "min": self.best.min, "max": self.best.max,
             "episodes": len(self.best.returns), "version": self.best.version}
         meta = {**self.meta, **self.summary(), "net_spec": self.spec._asdict(), "env_id": self.env_id,
+                "optimizer": self.cfg.optimizer,
                 "pixels": None if self.pixels is None else dataclasses.asdict(self.pixels),
                 "env_kwargs": self.env_kwargs, "env_preset": self.env_preset,
                 "policy_eval": best, "evaluations": self.evaluator.evaluations, "run_state": self.run_state(),
@@ -209,7 +216,7 @@ class Learner:
 
     def restore(self, arrays: dict, meta: dict) -> None:
         """Continue from a checkpoint: weights, optimizer, counters, best policy, solved flag."""
-        check_compatible(meta, self.spec, self.env_id)
+        check_compatible(meta, self.spec, self.env_id, self.cfg.optimizer)
         self.update.load(arrays)
         self.version = int(meta.get("version", 0))
         self.solved = bool(meta.get("solved", False))

@@ -4,11 +4,11 @@ Why not torch on CPU: for CartPole-sized networks an update is ~50 small ops, an
 per-op dispatch and autograd overhead dominate (measured ~0.9-1.5 ms per update at batch
 256 on the 2-core machine, against ~0.4 ms here). It also spares the learner process the
 torch import (~1.5 s of CPU at start-up). The math is torch's (nn.Linear init ranges,
-Huber loss, clip_grad_norm_, Adam with bias correction, Polyak as lerp); a test checks
-that both backends agree on fixed batches.
+Huber loss, clip_grad_norm_, Adam with bias correction or RMSprop, Polyak as lerp); a
+test checks that both backends agree on fixed batches.
 
-All parameters live in one flat float32 buffer (views per layer), so Adam, clipping and
-the target update are a few whole-buffer operations.
+All parameters live in one flat float32 buffer (views per layer), so the optimizer,
+clipping and the target update are a few whole-buffer operations.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from qfleet.common.config import LearnerConfig
 from qfleet.common.netspec import NetSpec, dense_layers, mlp_q_values, param_shapes
-from qfleet.learner.adam import Adam
+from qfleet.learner.optimizers import make_numpy_optimizer, numpy_slots, step_key
 from qfleet.learner.update import SyncUpdate
 
 
@@ -45,7 +45,7 @@ class FlatParams:
 
 
 class NumpyDQN(SyncUpdate):
-    """Online/target MLPs, Huber loss on Double-DQN targets, clipping, Adam."""
+    """Online/target MLPs, Huber loss on Double-DQN targets, clipping, Adam or RMSprop."""
 
     def __init__(self, cfg: LearnerConfig, spec: NetSpec, seed: int = 0):
         if spec.kind != "mlp":
@@ -53,7 +53,7 @@ class NumpyDQN(SyncUpdate):
         self.cfg, self.spec = cfg, spec
         shapes = param_shapes(spec)
         self.online, self.target, self.grad = FlatParams(shapes), FlatParams(shapes), FlatParams(shapes)
-        self.adam = Adam([self.online.flat], lr=cfg.lr, eps=cfg.adam_eps)
+        self.optimizer = make_numpy_optimizer(self.online.flat, cfg)
         self.updates = 0
         self._layers = len(spec.hidden)
         # Layer views into the flat buffers, which are only ever updated in place.
@@ -116,17 +116,17 @@ class NumpyDQN(SyncUpdate):
         dq = np.zeros_like(q)
         dq[rows, action] = -np.clip(td, -delta, delta) * weight / n
         self._backward(dq, acts)
-        self._clip_and_adam()
+        self._clip_and_step()
         self.updates += 1
         self._update_target()
         return abs_td.astype(np.float32), loss
 
-    def _clip_and_adam(self) -> None:
+    def _clip_and_step(self) -> None:
         g = self.grad.flat
         coef = self.cfg.grad_clip / (float(np.sqrt(np.dot(g, g))) + 1e-6)
         if coef < 1.0:
             g *= coef
-        self.adam.step([g])
+        self.optimizer.step([g])
 
     def _update_target(self) -> None:
         if self.cfg.target_update == "polyak":
@@ -142,20 +142,20 @@ class NumpyDQN(SyncUpdate):
         """Backend-neutral training state (the torch learner reads and writes the same keys)."""
         state = {f"online/{k}": v for k, v in self.online.to_dict().items()}
         state.update({f"target/{k}": v for k, v in self.target.to_dict().items()})
-        for prefix, (flat,) in (("adam_m", self.adam.m), ("adam_v", self.adam.v)):
+        for prefix, flat in numpy_slots(self.optimizer, self.cfg).items():
             view = FlatParams(self.online.shapes)
             view.flat[:] = flat
             state.update({f"{prefix}/{k}": x for k, x in view.to_dict().items()})
-        state["adam_step"] = np.int64(self.adam.steps)
+        state[step_key(self.cfg)] = np.int64(self.optimizer.steps)
         state["updates"] = np.int64(self.updates)
         return state
 
     def load(self, state: dict[str, np.ndarray]) -> None:
         for prefix, params in (("online", self.online), ("target", self.target)):
             params.copy_from({k: state[f"{prefix}/{k}"] for k in params.views})
-        for prefix, (flat,) in (("adam_m", self.adam.m), ("adam_v", self.adam.v)):
+        for prefix, flat in numpy_slots(self.optimizer, self.cfg).items():
             view = FlatParams(self.online.shapes)
             view.copy_from({k: state[f"{prefix}/{k}"] for k in view.views})
             flat[:] = view.flat
-        self.adam.steps = int(state["adam_step"])
+        self.optimizer.steps = int(state[step_key(self.cfg)])
         self.updates = int(state["updates"])

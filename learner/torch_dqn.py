@@ -4,9 +4,9 @@ captures in a CUDA graph.
 
 Same interface and checkpoint keys as `learner.numpy_dqn.NumpyDQN`: `step` takes the
 sampled numpy arrays and returns (|TD error|, loss) as numpy, `state`/`load` use
-backend-neutral names (online/..., target/..., adam_m/..., adam_v/..., adam_step).
+backend-neutral names (online/..., target/..., and the optimizer's: learner.optimizers).
 `_update` is one whole update on device tensors with no host synchronisation (forward,
-Double DQN target, Huber loss, backward, clipping, Adam, Polyak), which is what makes it
+Double DQN target, Huber loss, backward, clipping, optimizer, Polyak), which is what makes it
 capturable; counting updates and the periodic hard target copy happen around it.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from qfleet.common.config import LearnerConfig
 from qfleet.common.netspec import NetSpec
 from qfleet.common.networks import build_qnetwork, params_to_numpy
+from qfleet.learner.optimizers import make_torch_optimizer, slot_names, step_key
 from qfleet.learner.update import SyncUpdate
 
 
@@ -69,9 +70,7 @@ class TorchDQN(SyncUpdate):
         self.updates = 0
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        # fused: one kernel for all parameters instead of a loop of per-tensor ops (Adam
-        # was 15% of a CPU update of the 2013 torso)
-        return torch.optim.Adam(self._online_params, lr=self.cfg.lr, eps=self.cfg.adam_eps, fused=True)
+        return make_torch_optimizer(self._online_params, self.cfg)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # fp32 on the CPU; the CUDA learner may use bf16
@@ -117,14 +116,14 @@ class TorchDQN(SyncUpdate):
         state.update({f"target/{k}": v for k, v in params_to_numpy(self.target).items()})
         names = dict(zip(range(len(list(self.online.parameters()))), dict(self.online.named_parameters())))
         opt = self.optimizer.state_dict()["state"]
-        step = 0
+        slots, step = slot_names(self.cfg), 0
         for index, name in names.items():
             s = opt.get(index)
             zeros = np.zeros(tuple(self.online.get_parameter(name).shape), np.float32)
-            state[f"adam_m/{name}"] = s["exp_avg"].cpu().numpy() if s else zeros
-            state[f"adam_v/{name}"] = s["exp_avg_sq"].cpu().numpy() if s else zeros
+            for key, prefix in slots.items():
+                state[f"{prefix}/{name}"] = s[key].cpu().numpy() if s else zeros
             step = int(s["step"]) if s else 0
-        state["adam_step"] = np.int64(step)
+        state[step_key(self.cfg)] = np.int64(step)
         state["updates"] = np.int64(self.updates)
         return state
 
@@ -133,12 +132,13 @@ class TorchDQN(SyncUpdate):
             net.load_state_dict({k: torch.from_numpy(np.asarray(state[f"{prefix}/{k}"]))
                                  for k in net.state_dict()})
         opt = self.optimizer.state_dict()
-        step = int(state["adam_step"])
-        opt["state"] = {}  # a fresh optimizer when the checkpoint has taken no Adam step yet
+        step = int(state[step_key(self.cfg)])
+        opt["state"] = {}  # a fresh optimizer when the checkpoint has taken no step yet
         if step:
+            slots = slot_names(self.cfg)
             for index, (name, param) in enumerate(self.online.named_parameters()):
-                opt["state"][index] = {"step": torch.tensor(float(step)),
-                                       "exp_avg": torch.from_numpy(np.asarray(state[f"adam_m/{name}"])).to(param.device),
-                                       "exp_avg_sq": torch.from_numpy(np.asarray(state[f"adam_v/{name}"])).to(param.device)}
+                opt["state"][index] = {"step": torch.tensor(float(step)), **{
+                    key: torch.from_numpy(np.asarray(state[f"{prefix}/{name}"])).to(param.device)
+                    for key, prefix in slots.items()}}
         self.optimizer.load_state_dict(opt)
         self.updates = int(state["updates"])

@@ -116,11 +116,12 @@ def assert_states_close(a: dict, b: dict, rtol: float, atol: float) -> None:
 
 @pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
 @pytest.mark.parametrize("target_update", ["hard", "polyak"])
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
 @pytest.mark.gpu
 @cuda_only
-def test_cuda_learner_agrees_with_the_cpu_learner(target_update, graphs):
+def test_cuda_learner_agrees_with_the_cpu_learner(target_update, graphs, optimizer):
     ref, dev = cuda_pair(MLP, hidden=MLP.hidden, batch_size=64, target_update=target_update, target_period=3,
-                         cuda_graphs=graphs, precision="fp32")
+                         cuda_graphs=graphs, precision="fp32", optimizer=optimizer)
     for batch in batches(MLP, 10, 64):  # hard: copies after updates 3, 6 and 9, between replays
         td_ref, loss_ref = ref.step(batch)
         td_dev, loss_dev = dev.step(batch)

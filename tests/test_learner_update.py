@@ -49,22 +49,37 @@ def batches(n, num_actions=3, seed=1):
                "weight": rng.uniform(0.1, 1, b).astype(np.float32)}
 
 
+OPTIMIZERS = {"adam": {"optimizer": "adam"}, "rmsprop": {"optimizer": "rmsprop", "lr": 1e-3},
+              "rmsprop-uncentred": {"optimizer": "rmsprop", "lr": 1e-3, "rmsprop_centered": False}}
+OPTIMIZER_KEYS = {"adam": {"adam_m", "adam_v", "adam_step"},
+                  "rmsprop": {"rmsprop_sq", "rmsprop_mean", "rmsprop_step"},
+                  "rmsprop-uncentred": {"rmsprop_sq", "rmsprop_step"}}
+
+
 @pytest.mark.parametrize("dueling", [False, True])
 @pytest.mark.parametrize("target_update", ["polyak", "hard"])
-def test_numpy_and_torch_backends_agree(dueling, target_update):
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_numpy_and_torch_backends_agree(dueling, target_update, optimizer):
     torch.set_num_threads(1)
-    cfg = dataclasses.replace(LearnerConfig(), hidden=(16, 8), dueling=dueling, grad_clip=0.5, lr=1e-2,
-                              target_update=target_update, target_period=2)
+    cfg = dataclasses.replace(LearnerConfig(), **{"hidden": (16, 8), "dueling": dueling, "grad_clip": 0.5, "lr": 1e-2,
+                                                  "target_update": target_update, "target_period": 2,
+                                                  **OPTIMIZERS[optimizer]})
     spec = NetSpec("mlp", (4,), 3, (16, 8), dueling)
     fast, ref = NumpyDQN(cfg, spec, 0), TorchDQN(cfg, spec, torch.device("cpu"))
     ref.load(fast.state())
-    for batch in batches(6):
+    resumed = TorchDQN(cfg, spec, torch.device("cpu"), seed=1)
+    for i, batch in enumerate(batches(6)):
+        if i == 3:  # the numpy learner's optimizer state, mid-run, carries over to torch
+            resumed.load(fast.state())
         td_fast, loss_fast = fast.step(batch)
         td_ref, loss_ref = ref.step(batch)
         assert loss_fast == pytest.approx(loss_ref, rel=1e-5, abs=1e-6)
         np.testing.assert_allclose(td_fast, td_ref, rtol=1e-5, atol=1e-5)
+        if i >= 3:
+            np.testing.assert_allclose(resumed.step(batch)[0], td_ref, rtol=1e-5, atol=1e-5)
     fast_state, ref_state = fast.state(), ref.state()
-    assert fast_state.keys() == ref_state.keys()
+    assert fast_state.keys() == ref_state.keys() == resumed.state().keys()
+    assert {k.split("/")[0] for k in fast_state} == {"online", "target", "updates"} | OPTIMIZER_KEYS[optimizer]
     for k in fast_state:
         np.testing.assert_allclose(fast_state[k], ref_state[k], rtol=1e-4, atol=1e-6, err_msg=k)
 

@@ -32,8 +32,17 @@ def test_resume_continues_everything_with_more_actors(qfleet_cmd, tmp_path):
     assert meta1["run_state"]["env_steps"] == s1["env_steps"]
     assert set(meta1["run_state"]["schedules"]) == {"0", "1"}
 
-    assert meta1["updates"] > 0
+    assert meta1["updates"] > 0 and meta1["optimizer"] == "adam"
     metrics1 = (run / "metrics.jsonl").read_text()
+    # another optimizer cannot take over the checkpoint's state: refused before anything starts
+    checkpoint = (run / "checkpoint.npz").read_bytes()
+    refused = subprocess.run(base + ["--resume", str(run), "--set", "learner.optimizer=rmsprop"],
+                             capture_output=True, text=True, env=python_env(), timeout=HANG_GUARD_S)
+    assert refused.returncode != 0
+    assert "optimizer: checkpoint 'adam', this run 'rmsprop' (resume with --set learner.optimizer=adam)" \
+        in refused.stderr, refused.stderr
+    assert (run / "checkpoint.npz").read_bytes() == checkpoint
+    assert (run / "metrics.jsonl").read_text() == metrics1
     second = subprocess.run(base + ["--resume", str(run), "--actors", "3",
                                     "--set", f"run.max_env_steps={SECOND_STEPS}"],
                             capture_output=True, text=True, env=python_env(), timeout=HANG_GUARD_S + 60)
@@ -44,7 +53,7 @@ def test_resume_continues_everything_with_more_actors(qfleet_cmd, tmp_path):
     s2 = json.loads((run / "summary.json").read_text())
     arrays2, meta2 = load_checkpoint(run)
 
-    # learner: updates, Adam steps and weights versions continue from the checkpoint
+    # learner: updates, optimizer steps and weights versions continue from the checkpoint
     assert meta2["updates"] > meta1["updates"] and int(arrays2["adam_step"]) > int(arrays1["adam_step"])
     assert meta2["version"] > meta1["version"]
     assert not np.array_equal(arrays2["online/head.weight"], arrays1["online/head.weight"])
