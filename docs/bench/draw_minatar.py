@@ -58,16 +58,23 @@ def draw_seeds(out: Path = DOCS / "minatar-seeds.png") -> Path:
     return out
 
 
+def seed_line(name: str) -> str:
+    """Seeds 0, 1, 2 of one setting: dotted, solid, dashed."""
+    return next((ls for seed, ls in (("seed 0", ":"), ("seed 1", "-"), ("seed 2", "--")) if seed in name), "-")
+
+
 def paper_style(name: str) -> dict:
     """One look per kind of run, read from the run's name in minatar-paper.json."""
+    if "rmsprop" in name:
+        return dict(color="tab:gray", marker="x", ls="-", lw=1.2)
+    if "dueling" in name:
+        return dict(color="tab:cyan", marker="P", ls=seed_line(name), lw=1.4)
     if "samples_per_insert 8" in name:
         return dict(color="tab:purple", marker="D", ls="-", lw=1.4)
     if "lr 2.5e-4" in name:
         return dict(color="tab:brown", marker="v", ls="-", lw=1.4)
     if "6.25e-4" in name:
-        seed_ls = {"seed 0": ":", "seed 1": "-", "seed 2": "--"}
-        ls = next((v for k, v in seed_ls.items() if k in name), "-")
-        return dict(color="tab:green", marker="^", ls=ls, lw=1.2)
+        return dict(color="tab:green", marker="^", ls=seed_line(name), lw=1.2)
     if "paper exploration" in name:
         return dict(color="tab:orange", marker="s", ls="-", lw=1.0, alpha=0.6)
     return dict(color="tab:blue", marker="o", ls="-", lw=1.0, alpha=0.6)
