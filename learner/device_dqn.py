@@ -201,7 +201,7 @@ class DeviceDQN(TorchDQN):
             return {"online": [p.clone() for p in self._online_params],
                     "target": [p.clone() for p in self._target_params],
                     "optimizer": {i: {k: v.clone() for k, v in self.optimizer.state[p].items()}
-                             for i, p in enumerate(self._online_params) if self.optimizer.state.get(p)}}
+                                  for i, p in enumerate(self._online_params) if self.optimizer.state.get(p)}}
 
     def _restore_training_tensors(self, saved: dict) -> None:
         with torch.no_grad():
