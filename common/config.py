@@ -118,8 +118,9 @@ class LearnerConfig:
     """Step size of the optimizer (learner.optimizer)."""
     optimizer: str = setting("adam", choices=("adam", "rmsprop"))
     """'adam', or 'rmsprop': the optimizer of Nature DQN and the MinAtar paper's DQN (which
-    used it centred, with alpha 0.95, eps 0.01, lr 2.5e-4 and batches of 32). A checkpoint
-    resumes with the optimizer that wrote it."""
+    used it centred, with alpha 0.95, eps 0.01, lr 2.5e-4 and batches of 32). With those
+    values at batches of 256 it learned MinAtar Space Invaders far slower than Adam
+    (docs/games.md). A checkpoint resumes with the optimizer that wrote it."""
     adam_eps: float = setting(1e-5, gt=0)
     """Adam epsilon."""
     rmsprop_alpha: float = setting(0.95, gt=0, lt=1)
