@@ -18,10 +18,14 @@ from typing import Sequence
 import numpy as np
 
 from qfleet.common.config import LearnerConfig
+from qfleet.learner.adam import Adam
+from qfleet.learner.rmsprop import RMSprop
 
 # torch's state key for each slot -> the checkpoint prefix
 _SLOTS = {"adam": {"exp_avg": "adam_m", "exp_avg_sq": "adam_v"},
           "rmsprop": {"square_avg": "rmsprop_sq", "grad_avg": "rmsprop_mean"}}
+# torch's state key -> the attribute holding that slot in the numpy optimizers
+_NUMPY_ATTRS = {"exp_avg": "m", "exp_avg_sq": "v", "square_avg": "square_avg", "grad_avg": "grad_avg"}
 
 
 def slot_names(cfg: LearnerConfig) -> dict[str, str]:
@@ -42,25 +46,16 @@ def checkpoint_optimizer(meta: dict) -> str:
     return str(meta.get("optimizer") or "adam")
 
 
-def make_numpy_optimizer(flat: np.ndarray, cfg: LearnerConfig):
-    """The numpy optimizer over one flat parameter buffer; `.slots()` lists its state."""
+def make_numpy_optimizer(flat: np.ndarray, cfg: LearnerConfig) -> Adam | RMSprop:
+    """The numpy optimizer over one flat parameter buffer."""
     if cfg.optimizer == "adam":
-        from qfleet.learner.adam import Adam
-
         return Adam([flat], lr=cfg.lr, eps=cfg.adam_eps)
-    from qfleet.learner.rmsprop import RMSprop
-
     return RMSprop([flat], lr=cfg.lr, alpha=cfg.rmsprop_alpha, eps=cfg.rmsprop_eps, centered=cfg.rmsprop_centered)
 
 
-def numpy_slots(optimizer, cfg: LearnerConfig) -> dict[str, np.ndarray]:
+def numpy_slots(optimizer: Adam | RMSprop, cfg: LearnerConfig) -> dict[str, np.ndarray]:
     """{checkpoint prefix: flat state buffer} of a numpy optimizer from make_numpy_optimizer."""
-    if cfg.optimizer == "adam":
-        return {"adam_m": optimizer.m[0], "adam_v": optimizer.v[0]}
-    slots = {"rmsprop_sq": optimizer.square_avg[0]}
-    if cfg.rmsprop_centered:
-        slots["rmsprop_mean"] = optimizer.grad_avg[0]
-    return slots
+    return {prefix: getattr(optimizer, _NUMPY_ATTRS[key])[0] for key, prefix in slot_names(cfg).items()}
 
 
 def make_torch_optimizer(params: Sequence, cfg: LearnerConfig, *, capturable: bool = False):
