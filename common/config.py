@@ -153,8 +153,9 @@ class LearnerConfig:
     default) uses the torso's own: 512 after the Nature torso, 256 after the 2013 one, 128
     after the MinAtar one."""
     dueling: bool = setting(False)
-    """Dueling heads (value + advantage), as Ape-X uses them. In MinAtar Space Invaders they
-    lifted the epsilon-0.1 score from ~45 to ~49 over 3 seeds (docs/games.md)."""
+    """Dueling heads (value + advantage), as Ape-X uses them. In MinAtar Space Invaders-v0
+    they lifted the epsilon-0.1 score from ~45 to ~49 over 3 seeds; on the -v1 games (two
+    seeds each) they came out level with the plain heads (docs/games.md)."""
     target_update: str = setting("polyak", choices=("hard", "polyak"))
     """Target network update: periodic hard copy or Polyak averaging."""
     target_period: int = setting(500, ge=1)
