@@ -4,7 +4,8 @@ does: it would stop on the hang guard instead), every actor connects and deliver
 transition it sends (sent = stored, nothing rejected), the learner publishes one weights
 version per `publish_every` updates, and every actor keeps up with those versions (none
 stuck on an old one). Nothing here depends on the machine's speed; throughput figures
-come from `qfleet bench scaling`."""
+come from `qfleet bench scaling`. The default suite runs the ends (1 and 8 actors locally,
+4 on Ray); the counts between them run in the long tier (`make test-long`, also in CI)."""
 import json
 import subprocess
 import sys
@@ -48,11 +49,12 @@ def check(summary: dict, actors: int) -> None:
         assert actor["versions_applied"] > 0
 
 
-@pytest.mark.parametrize("actors", [1, 2, 4, 8])
+@pytest.mark.parametrize("actors", [1, pytest.param(2, marks=pytest.mark.long),
+                                    pytest.param(4, marks=pytest.mark.long), 8])
 def test_local(tmp_path, actors):
     check(run(tmp_path, "local", actors), actors)
 
 
-@pytest.mark.parametrize("actors", [1, 4])
+@pytest.mark.parametrize("actors", [pytest.param(1, marks=pytest.mark.long), 4])
 def test_ray(tmp_path, actors):
     check(run(tmp_path, "ray", actors), actors)
