@@ -154,8 +154,8 @@ class LearnerConfig:
     after the MinAtar one."""
     dueling: bool = setting(False)
     """Dueling heads (value + advantage), as Ape-X uses them. In MinAtar Space Invaders-v0
-    they lifted the epsilon-0.1 score from ~45 to ~49 over 3 seeds; on the -v1 games (two
-    seeds each) they came out level with the plain heads (docs/games.md)."""
+    they lifted the epsilon-0.1 score from ~45 to ~49 over 3 seeds; on the -v1 games (three
+    seeds each) level in Space Invaders, ahead in Breakout on one seed (docs/games.md)."""
     target_update: str = setting("polyak", choices=("hard", "polyak"))
     """Target network update: periodic hard copy or Polyak averaging."""
     target_period: int = setting(500, ge=1)
