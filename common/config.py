@@ -118,9 +118,8 @@ class LearnerConfig:
     """Step size of the optimizer (learner.optimizer)."""
     optimizer: str = setting("adam", choices=("adam", "rmsprop"))
     """'adam', or 'rmsprop': the optimizer of Nature DQN and the MinAtar paper's DQN (which
-    used it centred, with alpha 0.95, eps 0.01, lr 2.5e-4 and batches of 32). With those
-    values at batches of 256 it learned MinAtar Space Invaders far slower than Adam
-    (docs/games.md). A checkpoint resumes with the optimizer that wrote it."""
+    used it centred, with alpha 0.95, eps 0.01, lr 2.5e-4 and batches of 32; far slower than
+    Adam at batches of 256: docs/games.md). A checkpoint resumes with the optimizer that wrote it."""
     adam_eps: float = setting(1e-5, gt=0)
     """Adam epsilon."""
     rmsprop_alpha: float = setting(0.95, gt=0, lt=1)
@@ -153,9 +152,8 @@ class LearnerConfig:
     default) uses the torso's own: 512 after the Nature torso, 256 after the 2013 one, 128
     after the MinAtar one."""
     dueling: bool = setting(False)
-    """Dueling heads (value + advantage), as Ape-X uses them. In MinAtar Space Invaders-v0
-    they lifted the epsilon-0.1 score from ~45 to ~49 over 3 seeds; on the -v1 games (three
-    seeds each) level in Space Invaders, ahead in Breakout on one seed (docs/games.md)."""
+    """Dueling heads (value + advantage), as Ape-X uses them; in MinAtar level with the plain
+    heads or ahead of them (docs/games.md)."""
     target_update: str = setting("polyak", choices=("hard", "polyak"))
     """Target network update: periodic hard copy or Polyak averaging."""
     target_period: int = setting(500, ge=1)
