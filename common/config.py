@@ -152,8 +152,8 @@ class LearnerConfig:
     default) uses the torso's own: 512 after the Nature torso, 256 after the 2013 one, 128
     after the MinAtar one."""
     dueling: bool = setting(False)
-    """Dueling heads (value + advantage), as Ape-X uses them; in MinAtar level with the plain
-    heads or ahead of them (docs/games.md)."""
+    """Dueling heads (value + advantage), as Ape-X uses them; deploy/configs/minatar.yaml turns
+    them on (level with the plain heads in MinAtar or ahead of them: docs/games.md)."""
     target_update: str = setting("polyak", choices=("hard", "polyak"))
     """Target network update: periodic hard copy or Polyak averaging."""
     target_period: int = setting(500, ge=1)

@@ -36,12 +36,12 @@ def label_axes(ax, title: str, xlabel: str, legend_at: str, small: bool = False)
 
 def draw_seeds(out: Path = DOCS / "minatar-seeds.png") -> Path:
     """Greedy evaluations of every -v1 seed, against minutes and env frames: the earlier
-    minatar.yaml settings dotted and thin, the present ones solid, the present ones with
-    dueling heads dashed."""
+    minatar.yaml settings dotted and thin, the present step size on plain heads solid, the
+    present settings (the same with dueling heads) dashed."""
     data = json.loads((HERE / "minatar-seeds.json").read_text())
     settings = [("earlier settings (lr 2.5e-3, tau 0.02)", data["games"], dict(ls=":", lw=1.0, alpha=0.7)),
-                ("present settings (lr 6.25e-4, tau 0.005)", data["present_settings"], dict(ls="-", lw=1.6)),
-                ("present + dueling heads", data["dueling_settings"], dict(ls="--", lw=1.3))]
+                ("plain heads (lr 6.25e-4, tau 0.005)", data["plain_heads"], dict(ls="-", lw=1.6)),
+                ("present: dueling heads", data["dueling_settings"], dict(ls="--", lw=1.3))]
     games = list(data["games"])
     fig, axes = plt.subplots(len(games), 2, figsize=(13, 4.4 * len(games)), squeeze=False)
     for row, game in enumerate(games):
