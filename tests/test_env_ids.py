@@ -12,7 +12,7 @@ from qfleet.common.config_loader import load_config
 from qfleet.common.envs import describe_env, describe_run_env, make_vec_env
 from qfleet.common.errors import ConfigError, EnvironmentSpecError, MissingExtraError
 from qfleet.common.extras import available
-from qfleet.learner.checkpoint import load_policy
+from qfleet.learner.checkpoint import load_checkpoint, load_policy
 from qfleet.learner.evaluation import evaluate
 from tests.conftest import python_env
 
@@ -113,8 +113,12 @@ def test_a_minatar_run_trains_evaluates_and_its_checkpoint_plays(qfleet_cmd, tmp
                                        "--run-dir", str(tmp_path), "--name", "run"],
                          capture_output=True, text=True, env=python_env(), timeout=660)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # Every component ends by itself within the launcher's grace, the learner after its final checkpoint.
+    assert "did not stop" not in out.stdout + out.stderr, out.stdout[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["reason"] == "evaluation budget reached" and summary["updates"] > 0, summary
+    _, meta = load_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    assert meta["updates"] == summary["updates"], "the checkpoint is the learner's last, written at the stop"
     saved = load_policy(tmp_path / "run")
     assert (saved.spec.kind, saved.spec.torso) == ("cnn", "minatar")
     gif = tmp_path / "b.gif"
