@@ -1,18 +1,22 @@
 """Replay shards and per-node weights relays on a multi-node Ray cluster (ray.cluster_utils,
 4 nodes): 2 shards on the two replay-resource nodes, one relay on each actor node, every
 actor's transitions at its own shard, a SIGKILLed shard and a SIGKILLed relay restarted by
-Ray while the run goes on, and CartPole-v1 solved under an update cap."""
+Ray while the run goes on, and CartPole-v1 solved within an update budget."""
 import json
 import os
 import signal
 
 import pytest
 
-from tests.test_ray_backend import HANG_GUARD_S, SOLVE_UPDATE_CAP, train_cmd, wait_for_file, wait_for_updates
+from tests.test_ray_backend import HANG_GUARD_S, train_cmd, wait_for_file, wait_for_updates
 from tests.test_shards_e2e import run_to_end
 
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 ACTORS = 4
+# The run goes on to this budget, solved or not, so that it cannot end before the kills and
+# the restarts: it solved at 816 updates once, before the relay kill at 1,000 came. The 65
+# solves of docs/bench/solve-*.json took 1,561-9,921 updates; this test's runs 816-1,200.
+UPDATE_BUDGET = 10_000
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +48,13 @@ def test_shards_and_relays_survive_kills_and_solve(cluster, tmp_path):
         os.kill(where["relay-0"]["pid"], signal.SIGKILL)
 
     output = run_to_end(train_cmd(tmp_path, "--address", c.address, "--actors", str(ACTORS), "--seed", "0",
-                                  "--max-seconds", str(HANG_GUARD_S), "--set", f"run.max_updates={SOLVE_UPDATE_CAP}",
+                                  "--max-seconds", str(HANG_GUARD_S), "--set", f"run.max_updates={UPDATE_BUDGET}",
+                                  "--set", "run.stop_when_solved=false",
                                   "--set", "replay.shards=2", "--set", "relay.enabled=true",
                                   "--set", "replay.snapshot_every_s=1"), kill_a_shard_then_a_relay)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["reason"] == "solved", (summary["reason"], output[-3000:])
+    assert summary["reason"] == "update budget reached", (summary["reason"], output[-3000:])
+    assert summary["solved"], (summary["best_eval"], output[-3000:])
 
     replay_nodes = {node for node, res in ids.items() if res.get("qfleet_replay")}
     actor_nodes = {node for node, res in ids.items() if res.get("qfleet_actor")}
