@@ -95,8 +95,6 @@ def _serve(conn: Connection, spec: NetSpec, env: EnvSpec, episodes: int, epsilon
             job = conn.recv()
         except (EOFError, OSError):  # the learner is gone
             return
-        if job is None:
-            return
         params, version, seed = job
         try:
             result = evaluate(greedy_policy(spec, params), env, episodes, seed, version=version, epsilon=epsilon)

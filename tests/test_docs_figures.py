@@ -19,7 +19,7 @@ def load_drawer():
 
 def test_every_seed_run_has_its_table_fields():
     data = json.loads((BENCH / "minatar-seeds.json").read_text())
-    for settings in ("games", "plain_heads", "dueling_settings"):
+    for settings in ("games", "plain_heads", "dueling_heads"):
         for game, seeds in data[settings].items():
             for seed, run in seeds.items():
                 means = [e["eval_mean"] for e in run["evaluations"]]

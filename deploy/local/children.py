@@ -156,12 +156,12 @@ def _process(role: str, index: int, plan: RunPlan, place: Placement,
     setup_logging(name, path=log_path)
     stop = StopFlag(watch_parent=True)
     telemetry = Telemetry(place.telemetry, role, index, keys=place.keys)
+    code = 0
     try:
         body(stop, telemetry)
     except BaseException as exc:
         report_crash(name, telemetry, exc)
-        _close_sockets(telemetry)
-        raise SystemExit(1)
+        code = 1
     _close_sockets(telemetry)
     # Everything is saved and sent: end now. A spawned child otherwise tears the interpreter
     # down (torch's modules, atexit hooks), which took ~1 s of the launcher's shutdown grace
@@ -169,7 +169,7 @@ def _process(role: str, index: int, plan: RunPlan, place: Placement,
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def _close_sockets(telemetry: Telemetry) -> None:

@@ -41,7 +41,7 @@ def draw_seeds(out: Path = DOCS / "minatar-seeds.png") -> Path:
     data = json.loads((HERE / "minatar-seeds.json").read_text())
     settings = [("earlier settings (lr 2.5e-3, tau 0.02)", data["games"], dict(ls=":", lw=1.0, alpha=0.7)),
                 ("plain heads (lr 6.25e-4, tau 0.005)", data["plain_heads"], dict(ls="-", lw=1.6)),
-                ("present: dueling heads", data["dueling_settings"], dict(ls="--", lw=1.3))]
+                ("present: dueling heads", data["dueling_heads"], dict(ls="--", lw=1.3))]
     games = list(data["games"])
     fig, axes = plt.subplots(len(games), 2, figsize=(13, 4.4 * len(games)), squeeze=False)
     for row, game in enumerate(games):
