@@ -117,7 +117,7 @@ def test_request_socket(server):
             replies.append(dealer.recv_multipart())
 
     send()
-    while len(replies) < len(sent) and dealer.poll(5000):
+    while len(replies) < len(sent) and dealer.poll(30_000):  # ends on the last reply; 30 s is a hang guard
         replies.append(dealer.recv_multipart())
     assert len(sent) >= CASES
     assert len(replies) == len(sent), "every malformed request gets exactly one error reply"

@@ -23,10 +23,14 @@ def starved(server):  # noqa: F811
 
 def test_stop_ends_the_wait_for_a_batch(starved):
     prefetcher = starved(30.0)
+    asked: list = []
+
+    def stop_on_the_sixth_check() -> bool:  # five empty waits first, then stop
+        asked.append(1)
+        return len(asked) > 5
     try:
-        asked = time.monotonic()
-        assert prefetcher.get(lambda: time.monotonic() - asked > 0.3) is None
-        assert time.monotonic() - asked < 2.0  # not the 30 s timeout
+        assert prefetcher.get(stop_on_the_sixth_check) is None  # no QfleetTimeout: the stop ended it
+        assert len(asked) == 6  # returned at the first stop, without waiting on
     finally:
         prefetcher.close()
 
