@@ -87,12 +87,12 @@ def test_the_learner_keeps_updating_when_evaluations_fail(env_name, died, caplog
     assert (learner.evaluator.restarts >= 1) == died
     reason = "the evaluator process died (exit code 17)" if died else "RuntimeError: the environment broke"
     assert reason in caplog.text and "evaluation skipped" in caplog.text
-    reports = []
-    while pull.poll(2000):
+    final = {"eval_failures": summary["eval_failures"], "evaluator_restarts": learner.evaluator.restarts}
+    reports = []  # counters only grow: the learner's final report is the first to carry its final counts
+    while not reports or {k: reports[-1].values.get(k) for k in final} != final:
+        assert pull.poll(30_000), f"no report with the final counts {final} (hang guard)"
         reports.append(m.unpack(m.Report, decode(pull.recv_multipart(), {m.REPORT: m.REPORT_SCHEMA})))
     pull.close(0)
-    assert reports[-1].values["eval_failures"] == summary["eval_failures"]
-    assert reports[-1].values["evaluator_restarts"] == learner.evaluator.restarts
 
 
 def test_epsilon_greedy_evaluation_takes_random_actions_at_that_rate():
