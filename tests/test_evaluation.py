@@ -88,7 +88,7 @@ def test_the_learner_keeps_updating_when_evaluations_fail(env_name, died, caplog
     reason = "the evaluator process died (exit code 17)" if died else "RuntimeError: the environment broke"
     assert reason in caplog.text and "evaluation skipped" in caplog.text
     final = {"eval_failures": summary["eval_failures"], "evaluator_restarts": learner.evaluator.restarts}
-    reports = []  # counters only grow: the learner's final report is the first to carry its final counts
+    reports = []  # counters only grow: a report with the run's final counts shows they were reported
     while not reports or {k: reports[-1].values.get(k) for k in final} != final:
         assert pull.poll(30_000), f"no report with the final counts {final} (hang guard)"
         reports.append(m.unpack(m.Report, decode(pull.recv_multipart(), {m.REPORT: m.REPORT_SCHEMA})))

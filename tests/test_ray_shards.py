@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.long]
 ACTORS = 4
 # The run goes on to this budget, solved or not, so that it cannot end before the kills and
 # the restarts: it solved at 816 updates once, before the relay kill at 1,000 came. The 65
-# solves of docs/bench/solve-*.json took 1,561-9,921 updates; this test's runs 816-1,200.
+# solves of docs/bench/solve-*.json took 1,561-9,921 updates.
 UPDATE_BUDGET = 10_000
 
 
